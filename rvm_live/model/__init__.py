@@ -1,0 +1,1 @@
+"""Robust Video Matting network modules (pure nn.Modules, no I/O)."""
