@@ -1,16 +1,40 @@
-"""Backgrounds as tensors on the inference device, and the per-frame composite."""
+"""Backgrounds as tensors on the inference device, and the per-frame composite.
+
+A :class:`Background` turns a source frame (``[1,3,H,W]`` float in 0..1 on the inference device) into
+the picture to put behind the subject; :func:`composite` blends the model's ``fgr``/``pha`` onto it and
+yields the uint8 image and the exact uint8 alpha used, both still on the device.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import queue
 import re
+import threading
+from pathlib import Path
+from typing import NamedTuple
 
+import av
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import ImageColor
+
+from .errors import MediaError
 
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
 _NAME = re.compile(r"[A-Za-z]+")
+_BLUR = re.compile(r"blur(?::(\d+(?:\.\d+)?))?")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".ts", ".y4m"})
+DEFAULT_BLUR_RADIUS = 16.0
+MAX_BLUR_RADIUS = 256.0
+_SPEC_HELP = "expected a colour name, #rrggbb, #rgb, an image or video file, blur, blur:RADIUS or transparent"
 
 
 def parse_color(spec: str) -> tuple[int, int, int]:
@@ -24,3 +48,362 @@ def parse_color(spec: str) -> tuple[int, int, int]:
     except ValueError:
         raise ValueError(f"colour {spec!r}: unknown colour name") from None
     return int(r), int(g), int(b)
+
+
+def frame_size(src: torch.Tensor) -> tuple[int, int]:
+    """``(height, width)`` of a ``[1,3,H,W]`` or ``[3,H,W]`` frame tensor."""
+    if src.ndim not in (3, 4) or src.shape[-3] != 3 or (src.ndim == 4 and src.shape[0] != 1):
+        raise ValueError(f"source frame: expected shape [1,3,H,W] or [3,H,W], got {list(src.shape)}")
+    return int(src.shape[-2]), int(src.shape[-1])
+
+
+def cover_fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale ``image`` (H x W x C) to cover ``height`` x ``width`` keeping its aspect, then centre-crop."""
+    h, w = image.shape[:2]
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    if (nw, nh) != (w, h):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(image, (nw, nh), interpolation=interp)
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    return np.ascontiguousarray(image[y0 : y0 + height, x0 : x0 + width])
+
+
+def to_device(image: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Upload an ``H x W x 3`` uint8 picture as ``[1,3,H,W]`` in 0..1 (uint8 crosses the bus, not floats)."""
+    t = torch.from_numpy(image).to(device, non_blocking=True)
+    return t.permute(2, 0, 1).unsqueeze(0).to(dtype).div_(255)
+
+
+class Background:
+    """What goes behind the subject. ``for_frame`` is called once per output frame."""
+
+    transparent: bool = False
+
+    def for_frame(self, src: torch.Tensor) -> torch.Tensor | None:
+        """``[1,3,H,W]`` background for source frame ``src``, or None when ``transparent``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources; safe to call more than once."""
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ColorBackground(Background):
+    """A solid colour; per frame it is a broadcast view, no allocation and no host work."""
+
+    def __init__(self, rgb: tuple[int, int, int], *, device: torch.device | str, dtype: torch.dtype):
+        self.rgb = rgb
+        color = torch.tensor(rgb, device=device, dtype=torch.float32).div(255)
+        self._color = color.to(dtype).view(1, 3, 1, 1)
+
+    def for_frame(self, src: torch.Tensor) -> torch.Tensor:
+        h, w = frame_size(src)
+        return self._color.expand(1, 3, h, w)
+
+    def __repr__(self) -> str:
+        return "ColorBackground(#{:02x}{:02x}{:02x})".format(*self.rgb)
+
+
+class ImageBackground(Background):
+    """A still picture, loaded once and cover-fitted again only when the frame size changes."""
+
+    def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype):
+        self.path = str(path)
+        self.device, self.dtype = device, dtype
+        bgr = cv2.imread(self.path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise MediaError(f"image {self.path}: cannot read it (missing, unreadable or not an image)")
+        self._image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        self._fitted: torch.Tensor | None = None
+
+    def for_frame(self, src: torch.Tensor) -> torch.Tensor:
+        h, w = frame_size(src)
+        if self._fitted is None or self._fitted.shape[-2:] != (h, w):
+            log.debug("fitting background image %s to %dx%d", self.path, w, h)
+            self._fitted = to_device(cover_fit(self._image, h, w), self.device, self.dtype)
+        return self._fitted
+
+    def __repr__(self) -> str:
+        return f"ImageBackground({self.path!r})"
+
+
+def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    half = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-half, half + 1, device=device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+class BlurBackground(Background):
+    """The source frame itself, Gaussian-blurred on the device (at a reduced size for large radii)."""
+
+    def __init__(self, radius: float = DEFAULT_BLUR_RADIUS):
+        if not 0 < radius <= MAX_BLUR_RADIUS:
+            raise ValueError(f"blur radius {radius!r}: expected 0 < radius <= {MAX_BLUR_RADIUS:g}")
+        self.radius = float(radius)
+        self._kernels: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def for_frame(self, src: torch.Tensor) -> torch.Tensor:
+        h, w = frame_size(src)
+        x = src.reshape(1, 3, h, w)
+        if not x.is_floating_point():
+            x = x.float().div_(255)
+        # Work at 1/factor size so the kernel stays ~<= 25 taps (a blurred picture loses nothing by it),
+        # but never below ~8 px, so tiny frames still blur rather than collapse to one colour.
+        factor = max(1, min(int(self.radius // 4), min(h, w) // 8))
+        if factor > 1:
+            x = F.avg_pool2d(x, factor, ceil_mode=True)
+        x = self._blur(x, factor)
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return x
+
+    def _blur(self, x: torch.Tensor, factor: int) -> torch.Tensor:
+        key = (factor, x.device, x.dtype)
+        k = self._kernels.get(key)
+        if k is None:  # radius ~ 3 sigma, in full-resolution pixels
+            k = self._kernels[key] = _gaussian_kernel(self.radius / 3 / factor, x.device, x.dtype)
+        half = k.numel() // 2
+        kx = k.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+        ky = k.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+        # replicate padding keeps flat regions flat right up to the border
+        x = F.conv2d(F.pad(x, (half, half, 0, 0), mode="replicate"), kx, groups=3)
+        return F.conv2d(F.pad(x, (0, 0, half, half), mode="replicate"), ky, groups=3)
+
+    def __repr__(self) -> str:
+        return f"BlurBackground({self.radius:g})"
+
+
+class TransparentBackground(Background):
+    """No background: the output keeps its alpha channel (RGBA)."""
+
+    transparent = True
+
+    def for_frame(self, src: torch.Tensor) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "TransparentBackground()"
+
+
+def _open_video(path: str) -> av.container.InputContainer:
+    try:
+        container = av.open(path)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        raise MediaError(f"background video {path}: cannot open it: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"background video {path}: has no video stream")
+    return container
+
+
+class VideoBackground(Background):
+    """A video file looped forever, one background frame per output frame, decoded by its own thread."""
+
+    def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
+                 queue_size: int = 4, stall_s: float = 1.0, first_frame_s: float = 10.0):
+        self.path = str(path)
+        self.device, self.dtype = device, dtype
+        self._stall_s, self._first_frame_s = stall_s, first_frame_s
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._target: tuple[int, int] | None = None  # frame size the decoder pre-fits to, off our thread
+        self._error: BaseException | None = None
+        self._last: np.ndarray | None = None
+        self._fitted: torch.Tensor | None = None
+        self._warned_stall = False
+        self._closed = False
+        container = _open_video(self.path)  # opened here so a bad file fails at construction
+        self._thread = threading.Thread(target=self._decode, args=(container,), name="bg-video", daemon=True)
+        self._thread.start()
+
+    def _decode(self, container: av.container.InputContainer) -> None:
+        try:
+            while not self._stop.is_set():
+                with container:
+                    n = self._decode_once(container)
+                if n == 0 and not self._stop.is_set():
+                    raise MediaError(f"background video {self.path}: has no frames")
+                container = _open_video(self.path)  # reopening loops reliably where seek(0) may not
+        except BaseException as exc:  # handed to the inference thread by for_frame()
+            log.debug("background video %s decoder stopped: %s", self.path, exc)
+            self._error = exc
+
+    def _decode_once(self, container: av.container.InputContainer) -> int:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        n = 0
+        for frame in container.decode(stream):
+            rgb = frame.to_ndarray(format="rgb24")
+            target = self._target
+            if target is not None:
+                rgb = cover_fit(rgb, *target)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(rgb, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set():
+                return n
+            n += 1
+        return n
+
+    def for_frame(self, src: torch.Tensor) -> torch.Tensor:
+        h, w = frame_size(src)
+        self._target = (h, w)
+        rgb = self._next_frame()
+        if rgb is None:  # decoder is behind: keep showing the last frame rather than stall inference
+            if self._fitted is not None and self._fitted.shape[-2:] == (h, w):
+                return self._fitted
+            rgb = self._last
+        if rgb.shape[:2] != (h, w):
+            rgb = cover_fit(rgb, h, w)
+        self._last = rgb
+        self._fitted = to_device(rgb, self.device, self.dtype)
+        return self._fitted
+
+    def _next_frame(self) -> np.ndarray | None:
+        if self._last is None:
+            timeout = self._first_frame_s
+        else:
+            timeout = self._stall_s if self._thread.is_alive() else 0.0
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        if self._error is not None:
+            raise MediaError(f"background video {self.path}: {self._error}") from self._error
+        if self._last is None:
+            raise MediaError(f"background video {self.path}: no frame decoded within {timeout:g} s")
+        if not self._warned_stall:
+            log.warning("background video %s decodes slower than inference; repeating frames", self.path)
+            self._warned_stall = True
+        return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():
+            log.warning("background video %s decoder did not stop within 5 s", self.path)
+
+    def __repr__(self) -> str:
+        return f"VideoBackground({self.path!r})"
+
+
+def _looks_like_path(spec: str) -> bool:
+    suffix = Path(spec).suffix.lower()
+    return "/" in spec or os.sep in spec or spec.startswith("~") or suffix in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def _classify(spec: str) -> tuple[str, object]:
+    """(kind, value) of a background spec; reads no file. Priority: existing file > colour > keyword."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"background {spec!r}: {_SPEC_HELP}")
+    s = spec.strip()
+    path = Path(s).expanduser()
+    if path.exists():
+        if not path.is_file():
+            raise MediaError(f"background file {s}: is not a regular file")
+        suffix = path.suffix.lower()
+        # an unknown suffix is sniffed: OpenCV recognises image signatures without decoding
+        sniffed = suffix not in VIDEO_SUFFIXES and cv2.haveImageReader(str(path))
+        is_image = suffix in IMAGE_SUFFIXES or sniffed
+        return ("image" if is_image else "video"), path
+    try:
+        return "color", parse_color(s)
+    except ValueError:
+        pass
+    low = s.lower()
+    if low == "transparent":
+        return "transparent", None
+    m = _BLUR.fullmatch(low)
+    if m:
+        radius = float(m.group(1)) if m.group(1) else DEFAULT_BLUR_RADIUS
+        if not 0 < radius <= MAX_BLUR_RADIUS:
+            raise ValueError(f"background {spec!r}: blur radius must be in (0, {MAX_BLUR_RADIUS:g}]")
+        return "blur", radius
+    if _looks_like_path(s):
+        raise MediaError(f"background file {s}: not found")
+    raise ValueError(f"background {spec!r}: {_SPEC_HELP}")
+
+
+def check_background(spec: str) -> str:
+    """Validate ``spec`` without loading it; return its kind (color, image, video, blur, transparent).
+
+    Raises ValueError for a bad spec and MediaError for a missing or unreadable file, naming it."""
+    kind, value = _classify(spec)
+    if kind in ("image", "video") and not os.access(value, os.R_OK):
+        raise MediaError(f"background file {value}: not readable")
+    return kind
+
+
+def parse_background(spec: str, *, device: torch.device | str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Background:
+    """The Background named by ``spec``: colour, image or video file, ``blur[:RADIUS]``, ``transparent``."""
+    kind, value = _classify(spec)
+    if kind == "color":
+        return ColorBackground(value, device=device, dtype=dtype)
+    if kind == "image":
+        return ImageBackground(value, device=device, dtype=dtype)
+    if kind == "video":
+        return VideoBackground(value, device=device, dtype=dtype)
+    if kind == "blur":
+        return BlurBackground(value)
+    return TransparentBackground()
+
+
+class Composite(NamedTuple):
+    """One composited frame on the device: ``image`` H x W x 3 (RGBA: x 4) uint8, ``alpha`` H x W uint8."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+
+
+def _as_nchw(t: torch.Tensor, channels: int, name: str) -> torch.Tensor:
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a float tensor, got {t.dtype}")
+    if channels == 1 and t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[0] != 1 or t.shape[1] != channels:
+        raise ValueError(f"{name}: expected [1,{channels},H,W] or [{channels},H,W], got {list(t.shape)}")
+    return t
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    # +0.5 then truncation rounds half up; clamp first so out-of-range values saturate
+    return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background, src: torch.Tensor,
+              *, threshold: float | None = None) -> Composite:
+    """Blend ``fgr`` over ``background`` by ``pha`` on their device: image = fgr*a + bg*(1-a).
+
+    With ``threshold`` the alpha is the hard mask ``pha > threshold``, for the blend and the returned alpha.
+    A transparent background gives RGBA with RGB = fgr and A = alpha."""
+    fgr, pha = _as_nchw(fgr, 3, "fgr"), _as_nchw(pha, 1, "pha")
+    if fgr.shape[-2:] != pha.shape[-2:]:
+        raise ValueError(f"fgr {list(fgr.shape)} and pha {list(pha.shape)} differ in size")
+    if threshold is not None:
+        if not 0 <= threshold < 1:
+            raise ValueError(f"threshold {threshold!r}: expected 0 <= threshold < 1")
+        a = (pha > threshold).to(fgr.dtype)
+    else:
+        a = pha.to(fgr.dtype).clamp(0, 1)
+    bg = background.for_frame(src)
+    if bg is None:
+        image = _to_uint8(torch.cat((fgr, a), dim=1))[0].permute(1, 2, 0).contiguous()
+        return Composite(image, image[..., 3])
+    image = _to_uint8(torch.lerp(bg.to(fgr.dtype), fgr, a))[0].permute(1, 2, 0).contiguous()
+    return Composite(image, _to_uint8(a)[0, 0])
