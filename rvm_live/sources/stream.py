@@ -1,0 +1,179 @@
+"""Files and network streams decoded with PyAV: ``path.mp4``, ``rtsp://``, ``rtmp://``, ``udp://``, ...
+
+Files are not live (every frame reaches the model) unless ``config.realtime`` asks for them to be played
+at their own frame rate, like a camera. Network streams are live and opened with low-latency options and
+a read timeout, so a dead stream raises ``SourceError`` instead of hanging the capture thread forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+
+from ..errors import SourceError
+from .base import register_source
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = ("rtsp", "rtmp", "http", "https", "udp", "srt")
+OPEN_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
+DEFAULT_FPS = 30.0
+
+# Probing a live stream for seconds before the first frame is latency the user sees; these keep the
+# demuxer from buffering while still finding SPS/PPS for the usual H.264 stream.
+_LIVE_OPTIONS = {
+    "fflags": "nobuffer",
+    "flags": "low_delay",
+    "probesize": "500000",
+    "analyzeduration": "1000000",
+}
+_SCHEME_OPTIONS = {
+    "rtsp": {"rtsp_transport": "tcp", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
+    "rtmp": {"rw_timeout": str(int(READ_TIMEOUT_S * 1e6))},
+    # A large socket FIFO and non-fatal overruns: a busy inference thread must not kill a UDP stream.
+    "udp": {"fifo_size": "1000000", "overrun_nonfatal": "1", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
+    "srt": {"timeout": str(int(READ_TIMEOUT_S * 1e6))},
+}
+
+
+def url_scheme(spec: str) -> str | None:
+    """The lower-case scheme of a URL spec, or None for a plain path."""
+    return spec.split("://", 1)[0].lower() if "://" in spec else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class StreamSource:
+    """A PyAV input: a media file (``file`` key, or any path) or a network URL."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        realtime: bool = False,
+        loop: bool = False,
+        fps: float | None = None,
+        open_timeout: float = OPEN_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        if not isinstance(spec, str) or not spec:
+            raise ValueError(f"stream source: {spec!r} is not a path or URL")
+        scheme = url_scheme(spec)
+        self.target = spec[len("file://") :] if scheme == "file" else spec
+        self.is_network = scheme in NETWORK_SCHEMES
+        self.name = spec
+        self.live = self.is_network or realtime
+        self.fps: float | None = None
+        self.loop = loop and not self.is_network
+        self._realtime = realtime and not self.is_network
+        self._fps_hint = fps
+        self._timeout = (open_timeout, read_timeout)
+        self._container: av.container.InputContainer | None = None
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
+        self._frames_read = 0
+
+    def _options(self) -> dict[str, str]:
+        if not self.is_network:
+            return {}
+        scheme = url_scheme(self.target) or ""
+        return {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
+
+    def open(self) -> None:
+        """Open (or reopen, after a failure) the file or URL and pick its first video stream."""
+        self.close()
+        if not self.is_network and not Path(self.target).is_file():
+            raise SourceError(f"{self.target}: no such file")
+        try:
+            container = av.open(self.target, options=self._options(), timeout=self._timeout)
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{self.target}: cannot open: {_one_line(exc)}") from exc
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{self.target}: no video stream")
+        stream = container.streams.video[0]
+        # Frame threading adds a frame of latency per thread; slices do not.
+        stream.thread_type = "SLICE" if self.live else "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
+        self._container = container
+        self._frames = container.decode(stream)
+        self._clock = None
+        log.info("opened %s: %dx%d @ %.3f fps%s", self.target, stream.codec_context.width,
+                 stream.codec_context.height, self.fps, " (live)" if self.live else "")
+
+    def _next_frame(self, frames: Iterator[av.VideoFrame]) -> av.VideoFrame | None:
+        try:
+            return next(frames)
+        except StopIteration:
+            pass
+        if not self.loop:
+            return None
+        # Seek back rather than reopen: cheaper, and the decoder keeps its threads.
+        if self._container is None:
+            return None
+        try:
+            self._container.seek(0)
+            self._frames = self._container.decode(self._container.streams.video[0])
+            self._clock = None
+            return next(self._frames)
+        except StopIteration:
+            return None
+
+    def _pace(self, frame: av.VideoFrame) -> None:
+        if frame.time is not None:
+            t = float(frame.time)
+        else:
+            t = self._frames_read / (self.fps or DEFAULT_FPS)
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = (now, t)
+            return
+        delay = self._clock[0] + (t - self._clock[1]) - now
+        if delay > 0:
+            time.sleep(delay)
+
+    def read(self) -> np.ndarray | None:
+        """The next RGB uint8 frame, or None at the end (files without ``loop``, a stream that ended)."""
+        if self._frames is None:
+            raise SourceError(f"{self.target}: read() before open()")
+        try:
+            frame = self._next_frame(self._frames)
+        except av.ExitError as exc:  # PyAV's read timeout fired
+            raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.target}: decoding failed: {_one_line(exc)}") from exc
+        if frame is None:
+            log.info("%s: end of stream after %d frames", self.target, self._frames_read)
+            return None
+        if self._realtime:
+            self._pace(frame)
+        self._frames_read += 1
+        return frame.to_ndarray(format="rgb24")
+
+    def close(self) -> None:
+        """Release the container; safe to call more than once."""
+        container, self._container, self._frames = self._container, None, None
+        if container is not None:
+            try:
+                container.close()
+            except (av.FFmpegError, OSError) as exc:  # closing a dead network stream may complain
+                log.debug("closing %s: %s", self.target, exc)
+
+
+@register_source("file", *NETWORK_SCHEMES)
+def stream_source(spec: str, config: Config) -> StreamSource:
+    """Factory for paths and network URLs: files honour ``config.loop``/``realtime``, URLs are live."""
+    return StreamSource(spec, realtime=config.realtime, loop=config.loop, fps=config.fps)
