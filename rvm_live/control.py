@@ -1,0 +1,330 @@
+"""HTTP control API of the running daemon: health, stats, Prometheus metrics, background and pause control.
+
+Loopback only unless a bearer token is set. Every error answer is JSON ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from .compositing import check_background
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "RVM_LIVE_CONTROL_TOKEN"
+MAX_BODY = 64 * 1024
+_DRAIN_LIMIT = 1 << 20  # an oversized body up to this size is read and dropped, so the client sees the 413
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class Controller(Protocol):
+    """What the control API drives; the pipeline implements it."""
+
+    def health(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def set_background(self, spec: str) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+class StatsCollector(Collector):
+    """Prometheus collector that reads ``controller.stats()`` at scrape time."""
+
+    _COUNTERS = {
+        "frames_in": "Frames received from the source",
+        "frames_out": "Frames delivered to the outputs",
+        "frames_dropped": "Frames dropped by the leaky queues",
+    }
+
+    def __init__(self, controller: Controller):
+        self._controller = controller
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to describe up front: registering must not call stats()
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._controller.stats()
+        for key, doc in self._COUNTERS.items():
+            if _is_number(stats.get(key)):
+                yield CounterMetricFamily(f"rvm_live_{key}", doc, value=stats[key])
+        latency = stats.get("latency_ms") or {}
+        g = GaugeMetricFamily("rvm_live_latency_seconds", "Capture-to-output latency", labels=["quantile"])
+        for name, q in (("p50", "0.5"), ("p95", "0.95"), ("max", "1")):
+            if _is_number(latency.get(name)):
+                g.add_metric([q], latency[name] / 1000)
+        if g.samples:
+            yield g
+        info = {k: str(stats[k]) for k in ("backbone", "device") if stats.get(k) is not None}
+        if info:
+            yield InfoMetricFamily("rvm_live_model", "Model backbone and inference device", value=info)
+        for key, value in stats.items():  # every other number (fps_out, downsample_ratio, paused, ...)
+            if key not in self._COUNTERS and _is_number(value):
+                name = "rvm_live_" + _METRIC_NAME.sub("_", key)
+                yield GaugeMetricFamily(name, f"stats[{key!r}]", value=float(value))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float))  # bool included: a flag becomes a 0/1 gauge
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other hostname may resolve anywhere
+
+
+def parse_address(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``:port`` or ``port`` as ``(host, port)``; ConfigError when malformed."""
+    host, sep, port = spec.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or (not sep and host):
+        port = ""  # an unbracketed IPv6 address is ambiguous
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"control address {spec!r}: expected host:port, [ipv6]:port or port")
+    return host or default_host, int(port)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: ControlServer):
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class ControlServer:
+    """The control API on ``host:port`` (port 0 picks a free one); ``start()`` serves from a daemon thread."""
+
+    def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 0, *,
+                 token: str | None = None):
+        self.controller = controller
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        if not is_loopback(host) and not self.token:
+            raise ConfigError(
+                f"control API on {host!r}: a non-loopback address needs a token "
+                f"(--control-token or ${TOKEN_ENV}); use 127.0.0.1 to stay local"
+            )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(controller))
+        host = host.strip("[]")
+        try:
+            self._server = _HTTPServer((host, port), self)
+        except OSError as exc:
+            raise OSError(exc.errno, f"control API: cannot listen on {host}:{port}: {exc.strerror}") from exc
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> ControlServer:
+        """Serve requests from a daemon thread named ``rvm-control``."""
+        if self._thread is None and not self._closed:
+            serve = self._server.serve_forever
+            self._thread = threading.Thread(
+                target=serve, kwargs={"poll_interval": 0.1}, name="rvm-control", daemon=True
+            )
+            self._thread.start()
+            log.info("control API on http://%s:%d", *self.address)
+        return self
+
+    def close(self) -> None:
+        """Stop serving and release the port; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:  # shutdown() would wait forever on a loop that never ran
+            self._server.shutdown()
+            self._thread.join(timeout=5.0)
+        self._server.server_close()
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HTTPError(Exception):
+    """An error answer: status code and message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+
+def _error_status(exc: Exception) -> int:
+    """400 for a bad value, 422 for a file or device that cannot be used."""
+    return HTTPStatus.UNPROCESSABLE_ENTITY if isinstance(exc, OSError) else HTTPStatus.BAD_REQUEST
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    timeout = 10  # a stalled client cannot hold a thread forever
+    server_version = "rvm-live-control"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def _routes(self) -> dict[tuple[str, str], Callable[[], tuple[int, Any]]]:
+        return {
+            ("GET", "/health"): self._health,
+            ("GET", "/stats"): lambda: (200, self.server.app.controller.stats()),
+            ("GET", "/metrics"): self._metrics,
+            ("POST", "/background"): self._background,
+            ("POST", "/pause"): lambda: self._action("pause"),
+            ("POST", "/resume"): lambda: self._action("resume"),
+            ("POST", "/reset"): lambda: self._action("reset"),
+        }
+
+    def _dispatch(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
+        try:
+            self._authorize()
+            routes = self._routes()
+            handler = routes.get((self.command, path))
+            if handler is None:
+                allowed = sorted(m for m, p in routes if p == path)
+                if allowed:
+                    allow = {"Allow": ", ".join(allowed)}
+                    raise HTTPError(405, f"{self.command} not allowed on {path}", allow)
+                raise HTTPError(404, f"no such endpoint: {path}")
+            status, payload = handler()
+        except HTTPError as exc:
+            self._send_json(exc.status, {"error": exc.message}, exc.headers)
+        except (ValueError, OSError) as exc:
+            self._send_json(_error_status(exc), {"error": str(exc)})
+        except Exception as exc:  # the server keeps serving whatever the controller does
+            log.exception("control API: %s %s failed", self.command, path)
+            self._send_json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+        else:
+            if isinstance(payload, bytes):
+                self._send(status, payload, CONTENT_TYPE_LATEST)
+            else:
+                self._send_json(status, payload)
+
+    def _authorize(self) -> None:
+        token = self.server.app.token
+        if token is None:
+            return
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            self._discard_body()
+            raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    def _health(self) -> tuple[int, Any]:
+        health = self.server.app.controller.health()
+        # a controller that reports {"ok": false} is unhealthy to load balancers too
+        return (503 if health.get("ok") is False else 200), health
+
+    def _metrics(self) -> tuple[int, bytes]:
+        return 200, generate_latest(self.server.app.registry)
+
+    def _background(self) -> tuple[int, Any]:
+        body = self._read_json()
+        spec = body.get("bg") if isinstance(body, dict) else None
+        if not isinstance(spec, str):
+            raise HTTPError(400, 'expected a JSON object {"bg": "<background spec>"}')
+        check_background(spec)  # a missing or unreadable file is refused here, before the pipeline sees it
+        self.server.app.controller.set_background(spec)
+        log.info("control API: background set to %s", spec)
+        return 200, {"ok": True, "bg": spec}
+
+    def _action(self, name: str) -> tuple[int, Any]:
+        self._read_body()  # a body is allowed and ignored, but still size-limited
+        getattr(self.server.app.controller, name)()
+        log.info("control API: %s", name)
+        return 200, {"ok": True}
+
+    def _content_length(self) -> int:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HTTPError(400, "bad Content-Length") from None
+        if length < 0:
+            raise HTTPError(400, "bad Content-Length")
+        return length
+
+    def _read_body(self) -> bytes:
+        length = self._content_length()
+        if length > MAX_BODY:
+            self._discard_body()
+            raise HTTPError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+        return self.rfile.read(length) if length else b""
+
+    def _discard_body(self) -> None:
+        try:
+            length = self._content_length()
+        except HTTPError:
+            length = 0
+        if length > _DRAIN_LIMIT:
+            return  # not worth reading; the connection closes after the answer anyway
+        while length > 0:
+            chunk = self.rfile.read(min(length, 65536))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _read_json(self) -> Any:
+        raw = self._read_body()
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """JSON errors also for what http.server rejects itself (bad request line, unknown method)."""
+        self.close_connection = True
+        self._send_json(code, {"error": message or HTTPStatus(code).phrase})
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload, default=str).encode()
+        self._send(status, body, "application/json", headers)
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        log.debug("control API %s: " + format, self.address_string(), *args)
