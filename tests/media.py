@@ -1,0 +1,151 @@
+"""Test helpers: real protocol peers on 127.0.0.1 run in child processes, and media decoding.
+
+Peers run in *processes*, not threads: PyAV holds the GIL while an output container connects
+(``avformat_write_header``), so a listener thread in the same interpreter could never answer it.
+Every peer has its own FFmpeg timeouts and is killed by :class:`Peer` on exit, so no test can hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+SPAWN = mp.get_context("spawn")  # a clean interpreter: no inherited threads or FFmpeg state
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frame_summary(frames: list[np.ndarray]) -> dict[str, Any]:
+    """What a receiving peer reports: how many frames, their shape, the last one's mean colour."""
+    last = frames[-1] if frames else None
+    return {
+        "count": len(frames),
+        "shape": list(last.shape) if last is not None else None,
+        "mean_rgb": last.reshape(-1, 3).mean(0).tolist() if last is not None else None,
+    }
+
+
+def receive(url: str, options: dict[str, str], fmt: str | None, want: int, stop: Any, out: Any) -> None:
+    """Child process: open ``url`` as a listening server, decode ``want`` frames, report a summary."""
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(url, format=fmt, options=options) as container:
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) >= want:
+                    break
+        out.put({"ok": True, **frame_summary(frames)})
+    except Exception as exc:  # report, don't die silently: the test prints it
+        out.put({"ok": False, "error": repr(exc), **frame_summary(frames)})
+
+
+def send(
+    url: str, rgb: tuple[int, int, int], size: tuple[int, int], seconds: float, stop: Any, out: Any
+) -> None:
+    """Child process: push solid-colour frames through rvm-live's own StreamSink until ``stop``."""
+    from rvm_live.config import Config
+    from rvm_live.frame import Frame
+    from rvm_live.sinks.stream import StreamSink
+
+    width, height = size
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = rgb
+    sink = StreamSink(url, Config())
+    sink.open(width, height, 30.0)
+    deadline = time.monotonic() + seconds
+    index = 0
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            sink.write(Frame(index, time.monotonic_ns(), "peer", image))
+            index += 1
+            time.sleep(1 / 30)
+    finally:
+        sink.close()
+
+
+def try_open_sink(url: str, stop: Any, out: Any) -> None:
+    """Child process: open a StreamSink at ``url`` and report the error type and message."""
+    from rvm_live.config import Config
+    from rvm_live.sinks.stream import StreamSink
+
+    try:
+        StreamSink(url, Config()).open(176, 144, 30.0)
+        out.put({"error": None, "message": ""})
+    except Exception as exc:
+        out.put({"error": type(exc).__name__, "message": str(exc)})
+
+
+class Peer:
+    """A child process running one of the functions above (called with ``*args, stop, out``), with a
+    stop event and a result queue; killed on exit."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        self.results: Any = SPAWN.Queue()
+        self.stop = SPAWN.Event()
+        self.process = SPAWN.Process(target=target, args=(*args, self.stop, self.results), daemon=True)
+
+    def __enter__(self) -> Peer:
+        self.process.start()
+        return self
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """The peer's report; fails the test (with a clear message) when none comes in ``timeout``."""
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"peer {self.process.name} reported nothing within {timeout} s") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+def open_with_retry(sink: Any, width: int, height: int, fps: float, within: float = 15.0) -> int:
+    """Call ``sink.open`` until the peer's listener is up (each refusal is a SinkError); returns tries.
+
+    This is also the pipeline's reconnection path: a failed ``open()`` followed by another ``open()``."""
+    from rvm_live.errors import SinkError
+
+    deadline = time.monotonic() + within
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            sink.open(width, height, fps)
+            return tries
+        except SinkError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def decode_file(path: str | Path, fmt: str = "rgb24") -> list[np.ndarray]:
+    """Every frame of a file as ``fmt`` arrays; VP9 through libvpx, the decoder that reads alpha."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.codec_context.name == "vp9":
+            decoder = av.CodecContext.create("libvpx-vp9", "r")
+            frames = [f for packet in container.demux(stream) for f in decoder.decode(packet)]
+        else:
+            frames = list(container.decode(stream))
+    return [f.to_ndarray(format=fmt) for f in frames]
+
+
+def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
