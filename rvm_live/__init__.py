@@ -2,4 +2,25 @@
 
 from __future__ import annotations
 
+from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError, WeightsError
+from .matting import Matter, auto_downsample_ratio, matting
+from .model.network import MattingNetwork
+from .weights import find_weights, load_model
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "MattingNetwork",
+    "Matter",
+    "MediaError",
+    "PipelineError",
+    "RvmLiveError",
+    "SinkError",
+    "SourceError",
+    "WeightsError",
+    "auto_downsample_ratio",
+    "find_weights",
+    "load_model",
+    "matting",
+]

@@ -177,6 +177,10 @@ def load_model(backbone: str = "mobilenetv3", *, weights: str | Path | None = No
         raise
     except Exception as exc:  # torch raises a zoo of types for corrupt or non-torch files
         raise WeightsError(f"{path}: cannot load weights ({exc.__class__.__name__}: {exc})") from exc
+    # TorchScript archives also carry non-persistent buffers (our normalisation constants)
+    transient = {f"{name}.{b}" if name else b for name, mod in model.named_modules()
+                 for b in mod._non_persistent_buffers_set}
+    state = {k: v for k, v in state.items() if k not in transient}
     found = detect_backbone(state)
     if found != backbone:
         raise WeightsError(f"{path}: holds {found} weights, but backbone {backbone!r} was asked for")

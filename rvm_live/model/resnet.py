@@ -34,7 +34,8 @@ class Bottleneck(nn.Module):
         return self.relu(y + identity)
 
 
-def make_stage(cin: int, width: int, blocks: int, *, stride: int, dilate: bool, dilation: int) -> tuple[nn.Sequential, int]:
+def make_stage(cin: int, width: int, blocks: int, *, stride: int, dilate: bool,
+               dilation: int) -> tuple[nn.Sequential, int]:
     """A ResNet stage; with ``dilate`` the stride becomes dilation (torchvision's replace_stride_with_dilation).
 
     Returns the stage and the dilation in force after it."""
