@@ -228,7 +228,9 @@ class VideoBackground(Background):
             while not self._stop.is_set():
                 with container:
                     n = self._decode_once(container)
-                if n == 0 and not self._stop.is_set():
+                if self._stop.is_set():
+                    return
+                if n == 0:
                     raise MediaError(f"background video {self.path}: has no frames")
                 container = _open_video(self.path)  # reopening loops reliably where seek(0) may not
         except BaseException as exc:  # handed to the inference thread by for_frame()
