@@ -272,6 +272,12 @@ class StreamSink:
             container.close()
         except (av.FFmpegError, OSError) as exc:
             log.warning("output %s: finalising failed: %s", self.target, exc)
+        if not self.live and self._last_pts < 0:
+            # A container without a single frame is not playable (Matroska has no track yet); an
+            # unopenable file left behind looks like a bug, no file says what happened.
+            Path(self.target).unlink(missing_ok=True)
+            log.warning("output %s: no frames were written; removed the empty file", self.target)
+            return
         log.info("output %s closed after %d frames", self.target, self.frames_written)
 
 
