@@ -1,0 +1,7 @@
+"""``python -m rvm_live``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

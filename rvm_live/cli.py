@@ -1,0 +1,245 @@
+"""``rvm-live``: argv → Config → Pipeline. The only module that prints or handles signals.
+
+Subcommands: ``rvm-live [FLAGS]`` runs the daemon/job; ``devices``, ``doctor`` and ``bench`` are helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import BACKBONES, Config, config_from_mapping, load_toml, preset_names
+from .errors import ConfigError, RvmLiveError
+
+log = logging.getLogger("rvm_live")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _ratio(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="rvm-live", argument_default=argparse.SUPPRESS,
+                      description="Real-time background matting (Robust Video Matting) from a camera, file or "
+                                  "stream to a virtual camera, stream, file or window. Subcommands: devices, "
+                                  "doctor, bench.")
+    p.add_argument("--config", metavar="FILE.toml|PRESET", help=f"TOML preset (shipped: {', '.join(preset_names())})")
+    src = p.add_argument_group("source")
+    src.add_argument("--source", help="demo | camera:N | /dev/videoN | FILE | rtsp:// rtmp:// http(s):// udp:// srt://")
+    src.add_argument("--camera", metavar="N", help="shorthand for --source camera:N")
+    src.add_argument("--width", type=int)
+    src.add_argument("--height", type=int)
+    src.add_argument("--fps", type=float)
+    src.add_argument("--fourcc", help="camera pixel format, e.g. MJPG for 1080p30 on USB webcams")
+    src.add_argument("--loop", action="store_true", help="restart a file at its end")
+    src.add_argument("--realtime", action="store_true", help="play a file at its own frame rate, as live")
+    inf = p.add_argument_group("inference")
+    inf.add_argument("--backbone", choices=BACKBONES)
+    inf.add_argument("--weights", metavar="PATH", help=".pth, .torchscript or .onnx weights")
+    inf.add_argument("--offline", action="store_true", help="never touch the network for weights")
+    inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
+    inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
+    comp = p.add_argument_group("compositing")
+    comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")
+    comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")
+    comp.add_argument("--mirror", action="store_true")
+    comp.add_argument("--side-by-side", action="store_true", help="output the input and the result side by side")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--output", "-o", action="append", dest="outputs", metavar="SPEC",
+                     help="vcam[:DEVICE] | rtsp:// rtmp:// srt:// udp:// | FILE.mp4/.mov/.webm | window | null "
+                          "(repeatable)")
+    out.add_argument("--vcam-device")
+    out.add_argument("--encoder", help="auto | libx264 | h264_nvenc | ...")
+    out.add_argument("--crf", type=int)
+    out.add_argument("--bitrate", type=int, help="bits/s for stream outputs")
+    out.add_argument("--queue-size", type=int)
+    run = p.add_argument_group("run")
+    run.add_argument("--max-frames", type=int)
+    run.add_argument("--stats-json", metavar="PATH", help="write the stats JSON here on exit")
+    run.add_argument("--control", metavar="HOST:PORT", help="start the HTTP control API")
+    run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN)")
+    run.add_argument("--no-signal-timeout", type=float, metavar="S")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def make_config(argv: list[str]) -> tuple[Config, str | None]:
+    """Parse flags into a Config: preset file first, flags override it. Returns (config, config path)."""
+    args = vars(build_parser().parse_args(argv))
+    config_path = args.pop("config", None)
+    camera = args.pop("camera", None)
+    if camera is not None:
+        args["source"] = f"camera:{camera}"
+    if "outputs" in args:
+        args["outputs"] = tuple(args["outputs"])
+    base = load_toml(config_path) if config_path else Config()
+    return config_from_mapping(args, origin="command line", base=base), config_path
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"rvm-live: error: {message}", file=sys.stderr)
+    return code
+
+
+def _write_stats(path: str | None, stats: dict[str, Any] | None) -> None:
+    if path and stats is not None:
+        Path(path).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+
+def _install_signals(pipeline: Any, config_path: str | None) -> Callable[[], None]:
+    """SIGINT/SIGTERM stop the pipeline; SIGHUP re-reads --config. Returns a function restoring the old ones."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        pipeline.stop()
+
+    def reload(_signum: int, _frame: Any) -> None:
+        if not config_path:
+            log.warning("SIGHUP: no --config file to re-read")
+            return
+        try:
+            ignored = pipeline.apply_config(load_toml(config_path))
+        except RvmLiveError as exc:
+            log.error("SIGHUP: %s (keeping the current settings)", exc)
+            return
+        log.info("SIGHUP: re-read %s%s", config_path, f"; needs a restart: {', '.join(ignored)}" if ignored else "")
+
+    for s in previous:
+        signal.signal(s, stop)
+    if hasattr(signal, "SIGHUP"):
+        previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, reload)
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    return restore
+
+
+def run(argv: list[str]) -> int:
+    """The main job: build the pipeline, run until the end or a signal, write stats, exit code."""
+    try:
+        config, config_path = make_config(argv)
+    except RvmLiveError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    _setup_logging(config.log_level)
+    from .control import ControlServer, parse_address
+    from .pipeline import Pipeline
+
+    pipeline = server = None
+    stats: dict[str, Any] | None = None
+    restore = lambda: None  # noqa: E731
+    try:
+        pipeline = Pipeline(config)
+        pipeline.open_source()
+        if config.control:
+            host, port = parse_address(config.control)
+            server = ControlServer(pipeline, host, port, token=config.control_token).start()
+            log.info("control API on http://%s:%d", *server.address)
+        restore = _install_signals(pipeline, config_path)
+        pipeline.start()
+        pipeline.wait()
+        return EXIT_OK
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (RvmLiveError, OSError, ValueError, TypeError) as exc:
+        return _fail(str(exc))
+    finally:
+        restore()
+        if server is not None:
+            server.close()
+        if pipeline is not None:
+            pipeline.close()
+            stats = pipeline.stats()
+            if stats["frames_in"]:
+                    log.info("frames in %d, out %d, dropped %d, %.1f fps", stats["frames_in"], stats["frames_out"],
+                         stats["frames_dropped"], stats["fps_out"])
+        try:
+            _write_stats(config.stats_json, stats)
+        except OSError as exc:
+            _fail(f"stats JSON {config.stats_json}: {exc}")
+
+
+def devices(argv: list[str]) -> int:
+    """List capture cameras and virtual-camera (v4l2loopback) devices."""
+    from .sinks.vcam import loopback_devices
+    from .sources.camera import list_cameras
+
+    cams = list_cameras()
+    print("cameras:" if cams else "cameras: none found")
+    for cam in cams:
+        print(f"  {cam}")
+    loops = loopback_devices()
+    print("virtual cameras (v4l2loopback):" if loops else "virtual cameras (v4l2loopback): none found")
+    for path, label in loops:
+        print(f"  {path}  {label}")
+    return EXIT_OK
+
+
+def doctor(argv: list[str]) -> int:
+    """Check the virtual-camera setup and print the exact fix for anything missing."""
+    from .sinks.vcam import doctor as vcam_doctor
+
+    checks = vcam_doctor()
+    for check in checks:
+        print(f"[{'ok' if check.ok else 'FAIL'}] {check.name}{': ' + check.detail if check.detail else ''}")
+        if not check.ok and check.fix:
+            print(f"       fix: {check.fix}")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def bench(argv: list[str]) -> int:
+    """``rvm-live bench``: see ``rvm_live.bench``."""
+    from . import bench as bench_module
+
+    return bench_module.main(argv)
+
+
+SUBCOMMANDS = {"devices": devices, "doctor": doctor, "bench": bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # OpenCV's own probing noise is not for users
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        except (RvmLiveError, OSError, ValueError) as exc:
+            return _fail(str(exc))
+    return run(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
