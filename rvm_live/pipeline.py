@@ -20,7 +20,15 @@ import torch
 
 from .compositing import Background, check_background, composite, parse_background
 from .config import Config
-from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError
+from .errors import (
+    ConfigError,
+    MediaError,
+    PipelineError,
+    RvmLiveError,
+    SinkError,
+    SourceError,
+    VirtualCameraError,
+)
 from .frame import END, Frame
 from .matting import Matter
 from .queues import Empty, FrameQueue
@@ -118,8 +126,9 @@ class Pipeline:
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         live = bool(self.source.live)
         self.capture_queue = FrameQueue(self.config.queue_size, leaky=live, name="capture")
-        # Live sources: every queue leaks, so latency never builds up. Files: every queue blocks.
-        self.workers = [SinkWorker(s, self.config.queue_size, leaky=live) for s in self.sinks]
+        # Live sources: every queue leaks, so latency never builds up. Files: file outputs block (no frame
+        # lost) while live outputs still leak, so a stalled stream never holds up the file.
+        self.workers = [SinkWorker(s, self.config.queue_size, leaky=live or s.live) for s in self.sinks]
 
     def start(self) -> Pipeline:
         """Open the source and start the worker threads."""
@@ -308,8 +317,11 @@ class Pipeline:
         try:
             sink.open(frame.width, frame.height, self.fps)
         except SinkError as exc:
-            if not sink.live or worker.frames == 0 and worker.reconnects == 0:
+            # a missing virtual camera is a setup problem to report now; a stream server may come later
+            if not sink.live or isinstance(exc, VirtualCameraError):
                 raise
+            if worker.backoff is None:
+                log.warning("output %s unavailable: %s; retrying with backoff", sink.name, exc)
             worker.backoff = worker.backoff or backoff_delays()
             delay = next(worker.backoff)
             worker.retry_at = time.monotonic() + delay

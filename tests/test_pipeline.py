@@ -1,0 +1,269 @@
+"""The daemon's pipeline end to end: real clip, real model, real outputs and protocol peers on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import pyvirtualcam
+from media import Peer, decode_file, free_port, receive
+
+from rvm_live.compositing import composite, parse_background
+from rvm_live.config import Config
+from rvm_live.errors import PipelineError, VirtualCameraError
+from rvm_live.matting import Matter
+from rvm_live.pipeline import Pipeline, default_outputs
+from rvm_live.sinks.vcam import VcamSink
+from rvm_live.stats import no_signal_card
+
+
+class RecordingSink:
+    """A real in-process sink that keeps every frame it is given (with its arrival time)."""
+
+    accepts_alpha = True
+
+    def __init__(self, name: str = "record", *, live: bool = False, block: threading.Event | None = None):
+        self.name, self.live, self.block = name, live, block
+        self.frames: list = []
+        self.opened: list[tuple[int, int, float]] = []
+        self.closed = 0
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        self.opened.append((width, height, fps))
+
+    def write(self, frame) -> None:
+        if self.block is not None:
+            self.block.wait()  # a stuck output: never returns until the test lets it
+        self.frames.append((time.monotonic(), frame))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture(scope="module")
+def matter_factory(mobilenet):
+    def make(**kw):
+        return Matter("mobilenetv3", model=mobilenet, device="cpu", **kw)
+    return make
+
+
+def test_file_to_file_every_frame_composited_with_its_own_alpha(tmp_path, carphone_path, carphone_frames,
+                                                                matter_factory):
+    record = RecordingSink()
+    from rvm_live.sinks.stream import StreamSink
+
+    out = tmp_path / "out.mp4"
+    config = Config(source=str(carphone_path), outputs=(str(out),), max_frames=40)
+    pipeline = Pipeline(config, matter=matter_factory(), sinks=[record, StreamSink(str(out), config)])
+    stats = pipeline.run()
+    assert stats["frames_in"] == stats["frames_out"] == 40 and stats["frames_dropped"] == 0
+    assert [f.index for _, f in record.frames] == list(range(40))
+    # an independent run of the model over the same frames gives each output frame's own alpha
+    reference, green = matter_factory(), parse_background("green")
+    for (_, frame), source in zip(record.frames, carphone_frames):
+        src = reference.upload(source)
+        fgr, pha = reference.infer(src)
+        expected = composite(fgr, pha, green, src)
+        np.testing.assert_array_equal(frame.alpha, expected.alpha.numpy())
+        np.testing.assert_array_equal(frame.image, expected.image.numpy())
+    decoded = decode_file(out)
+    assert len(decoded) == 40
+    error = np.abs(decoded[20].astype(int) - record.frames[20][1].image.astype(int)).mean()
+    assert error < 4  # H.264 at crf 20 is close to what we composited
+    assert record.closed >= 1
+
+
+def test_transparent_background_keeps_alpha_in_mov(tmp_path, carphone_path, matter_factory):
+    from rvm_live.sinks.stream import StreamSink
+
+    out = tmp_path / "alpha.mov"
+    config = Config(source=str(carphone_path), bg="transparent", max_frames=5)
+    pipeline = Pipeline(config, matter=matter_factory(), sinks=[StreamSink(str(out), config)])
+    pipeline.run()
+    frames = decode_file(out, "rgba")
+    assert len(frames) == 5
+    alpha = frames[-1][..., 3]
+    assert alpha.min() < 20 and alpha.max() > 235  # both background and person
+
+
+def test_side_by_side_and_mirror(carphone_path, carphone_frames, matter_factory):
+    record = RecordingSink()
+    config = Config(source=str(carphone_path), max_frames=2, side_by_side=True, mirror=True)
+    Pipeline(config, matter=matter_factory(), sinks=[record]).run()
+    image = record.frames[0][1].image
+    assert image.shape == (144, 352, 3)
+    np.testing.assert_array_equal(image[:, :176], carphone_frames[0][:, ::-1])
+
+
+class SlowMatter(Matter):
+    """The real model plus a fixed delay, standing in for a machine slower than the source."""
+
+    delay = 0.15
+
+    def infer(self, src):
+        time.sleep(self.delay)
+        return super().infer(src)
+
+
+def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, mobilenet):
+    record = RecordingSink()
+    config = Config(source=str(carphone_path), realtime=True, queue_size=1, max_frames=60)
+    matter = SlowMatter("mobilenetv3", model=mobilenet, device="cpu")
+    stats = Pipeline(config, matter=matter, sinks=[record]).run()
+    assert stats["frames_in"] == 60
+    assert stats["frames_dropped"] > 0 and stats["frames_out"] < 60
+    assert stats["frames_out"] + stats["frames_dropped"] >= 59
+    # with a blocking or deep queue the last frames would wait for every earlier one (about 60 x 0.15 s
+    # minus the 2 s of playback); leaking keeps each frame's wait to a few inference times
+    backlog_ms = 60 * SlowMatter.delay * 1000 - 2000
+    assert stats["latency_ms"]["max"] < backlog_ms / 3
+
+
+class FakeCamBackend:
+    """A pyvirtualcam backend that records what a real v4l2loopback / OBS device would receive."""
+
+    instances: list = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+        FakeCamBackend.instances.append(self)
+
+    def device(self):
+        return "/dev/video-fake"
+
+    def native_fourcc(self):
+        return self.fourcc
+
+    def send(self, frame):
+        self.frames.append(frame.reshape(self.height, self.width, -1).copy())  # pyvirtualcam passes it flat
+
+    def close(self):
+        self.closed = True
+
+
+class MissingCamBackend(FakeCamBackend):
+    def __init__(self, **kw):
+        raise RuntimeError("v4l2loopback not loaded: no loopback device found")
+
+
+@pytest.fixture
+def fake_vcam():
+    pyvirtualcam.register_backend("rvm-test-fake", FakeCamBackend)
+    pyvirtualcam.register_backend("rvm-test-missing", MissingCamBackend)
+    FakeCamBackend.instances.clear()
+    return FakeCamBackend.instances
+
+
+def test_vcam_receives_composited_frames(carphone_path, matter_factory, fake_vcam):
+    config = Config(source=str(carphone_path), max_frames=10)
+    Pipeline(config, matter=matter_factory(), sinks=[VcamSink(backend="rvm-test-fake")]).run()
+    cam = fake_vcam[0]
+    assert (cam.width, cam.height) == (176, 144) and cam.fps == pytest.approx(29.97, abs=0.01)
+    assert len(cam.frames) == 10 and cam.frames[0].shape == (144, 176, 3)
+    assert cam.closed
+    corner = cam.frames[-1][:10, :10].reshape(-1, 3).mean(0)  # background: green (0, 128, 0)
+    assert corner[1] > 100 and corner[0] < 40 and corner[2] < 40
+
+
+def test_missing_virtual_camera_fails_with_the_fix(carphone_path, matter_factory, fake_vcam):
+    pipeline = Pipeline(Config(source=str(carphone_path), max_frames=5), matter=matter_factory(),
+                        sinks=[VcamSink(backend="rvm-test-missing")])
+    with pytest.raises(PipelineError) as err:
+        pipeline.run()
+    assert isinstance(err.value.__cause__, VirtualCameraError)
+    assert "modprobe v4l2loopback devices=1 exclusive_caps=1" in str(err.value)
+    assert "OBS" in str(err.value)
+
+
+def test_file_to_rtsp_listener(carphone_path, matter_factory):
+    url = f"rtsp://127.0.0.1:{free_port()}/live"
+    config = Config(source=str(carphone_path), max_frames=45)
+    from rvm_live.sinks.stream import StreamSink
+
+    listen = {"rtsp_flags": "listen", "listen_timeout": "20", "timeout": "10000000"}
+    with Peer(receive, url, listen, None, 30) as peer:
+        pipeline = Pipeline(config, matter=matter_factory(), sinks=[StreamSink(url, config)])
+        stats = pipeline.run()
+        report = peer.result(timeout=30)
+    assert report["ok"], report
+    assert report["count"] >= 30 and report["shape"] == [144, 176, 3]
+    r, g, b = report["mean_rgb"]
+    assert g > r + 15 and g > b + 15  # composited onto green
+    assert stats["sinks"][url]["frames"] >= 30
+
+
+def test_blocked_sink_does_not_stall_the_others(carphone_path, matter_factory):
+    gate = threading.Event()
+    stuck, healthy = RecordingSink("stuck", live=True, block=gate), RecordingSink("healthy")
+    config = Config(source=str(carphone_path), realtime=True, max_frames=30)
+    pipeline = Pipeline(config, matter=matter_factory(), sinks=[stuck, healthy]).start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(healthy.frames) < 10 and time.monotonic() < deadline and pipeline.health()["ok"]:
+            time.sleep(0.05)
+        assert len(healthy.frames) >= 10
+        assert len(stuck.frames) == 0
+    finally:
+        gate.set()
+        pipeline.stop()
+        pipeline.wait(10)
+        pipeline.close()
+
+
+class BrokenMatter(Matter):
+    def infer(self, src):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, mobilenet, caplog):
+    record = RecordingSink()
+    pipeline = Pipeline(Config(source=str(carphone_path)), sinks=[record],
+                        matter=BrokenMatter("mobilenetv3", model=mobilenet, device="cpu"))
+    with pytest.raises(PipelineError, match="rvm-inference: RuntimeError: CUDA error") as err:
+        pipeline.run()
+    assert isinstance(err.value.__cause__, RuntimeError)
+    assert "illegal memory access" in caplog.text
+    assert not any(t.is_alive() for t in pipeline._threads)
+    assert record.closed >= 1
+
+
+def test_pause_passes_frames_through_and_background_swaps_live(carphone_path, carphone_frames, matter_factory):
+    record = RecordingSink()
+    config = Config(source=str(carphone_path), max_frames=6)
+    pipeline = Pipeline(config, matter=matter_factory(), sinks=[record])
+    pipeline.pause()
+    pipeline.open_source()
+    frame0 = pipeline.process(next_frame(pipeline))
+    np.testing.assert_array_equal(frame0.image, carphone_frames[0])
+    pipeline.resume()
+    pipeline.set_background("#ff0000")
+    red = pipeline.process(next_frame(pipeline))
+    corner = red.image[:8, :8].reshape(-1, 3).mean(0)
+    assert corner[0] > 200 and corner[1] < 30
+    with pytest.raises(ValueError):
+        pipeline.set_background("not-a-colour")
+    pipeline.close()
+
+
+def next_frame(pipeline):
+    from rvm_live.frame import Frame
+
+    return Frame(0, time.monotonic_ns(), "t#0", pipeline.source.read())
+
+
+def test_no_signal_card_is_readable_and_sized():
+    card = no_signal_card(144, 176)
+    assert card.shape == (144, 176, 3) and card.dtype == np.uint8
+    assert card.max() > 150 and np.median(card) == 32  # light text on a dark card
+    assert no_signal_card(10, 20, channels=4).shape == (10, 20, 4)
+
+
+def test_default_outputs():
+    assert default_outputs(Config(source="camera:0")) == ("vcam",)
+    assert default_outputs(Config(source="demo")) == ("demo-matted.mp4",)
+    assert default_outputs(Config(source="/x/clip.mov")) == ("clip-matted.mp4",)
+    assert default_outputs(Config(outputs=("null",))) == ("null",)
