@@ -3,6 +3,7 @@ unreachable servers, the null sink and the registry."""
 
 from __future__ import annotations
 
+import platform
 import socket
 import time
 from fractions import Fraction
@@ -279,3 +280,260 @@ def test_registry(spec, kind):
 def test_unknown_scheme_is_a_config_error():
     with pytest.raises(ConfigError, match="gopher"):
         create_sink("gopher://host/x", Config())
+
+
+# --- virtual camera ------------------------------------------------------------------------------------
+
+
+class RecordingBackend:
+    """A real pyvirtualcam backend (registered like v4l2loopback) that keeps what it is sent."""
+
+    instances: list[RecordingBackend] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "/dev/video-recorder"
+        self.frames: list[np.ndarray] = []
+        self.sent_at: list[float] = []
+        self.closed = 0
+        RecordingBackend.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        # pyvirtualcam hands over a flat C-contiguous buffer in the camera's pixel format
+        assert frame.size == self.width * self.height * 3
+        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
+        self.sent_at.append(time.perf_counter())
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def device(self) -> str:
+        return self._device
+
+    def native_fourcc(self) -> int:
+        return self.fourcc
+
+
+class BrokenBackend:
+    """A backend whose device is taken, as when another app holds the loopback device."""
+
+    def __init__(self, **kw):
+        raise RuntimeError("device /dev/video42 is busy")
+
+
+@pytest.fixture
+def fake_backends():
+    import pyvirtualcam
+
+    pyvirtualcam.register_backend("rvm-test-recorder", RecordingBackend)
+    pyvirtualcam.register_backend("rvm-test-broken", BrokenBackend)
+    RecordingBackend.instances.clear()
+    yield
+    for name in ("rvm-test-recorder", "rvm-test-broken"):
+        pyvirtualcam.camera.BACKENDS.pop(name, None)
+
+
+def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
+    import pyvirtualcam
+
+    from rvm_live.sinks.vcam import VcamSink
+
+    sink = VcamSink("/dev/video9", backend="rvm-test-recorder")
+    assert sink.live and not sink.accepts_alpha
+    rgba, _ = with_alpha(carphone_frames[:10])
+    sink.open(176, 144, 29.97)
+    for frame in frames_of(rgba):
+        sink.write(frame)
+    with pytest.raises(SinkError, match="opened for"):
+        sink.write(Frame(0, 0, "t", np.zeros((72, 88, 3), np.uint8)))
+    sink.close()
+    sink.close()
+    (backend,) = RecordingBackend.instances
+    assert (backend.width, backend.height, backend.fps) == (176, 144, 29.97)
+    assert backend.fourcc == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
+    assert backend.device() == "/dev/video9" and backend.closed == 1
+    assert len(backend.frames) == 10 and sink.frames_sent == 10
+    np.testing.assert_array_equal(np.stack(backend.frames), carphone_frames[:10])  # alpha dropped, exact
+    assert backend.sent_at == sorted(backend.sent_at)
+
+
+def test_vcam_reopens_at_a_new_size(fake_backends, carphone_frames):
+    from rvm_live.sinks.vcam import VcamSink
+
+    sink = VcamSink(backend="rvm-test-recorder")
+    sink.open(176, 144, 30)
+    sink.write(frames_of(carphone_frames[:1])[0])
+    small = np.ascontiguousarray(carphone_frames[:1, ::2, ::2])
+    sink.open(88, 72, 30)
+    sink.write(frames_of(small)[0])
+    sink.close()
+    first, second = RecordingBackend.instances
+    assert first.closed == 1 and (second.width, second.height) == (88, 72)
+    np.testing.assert_array_equal(second.frames[0], small[0])
+
+
+def test_vcam_error_carries_the_fix_and_the_backend_error(fake_backends):
+    from rvm_live.errors import VirtualCameraError
+    from rvm_live.sinks.vcam import VcamSink
+
+    sink = VcamSink("/dev/video42", backend="rvm-test-broken")
+    with pytest.raises(VirtualCameraError) as info:
+        sink.open(176, 144, 30)
+    message = str(info.value)
+    assert 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label="rvm-live"' in message
+    assert "OBS" in message and "Virtual Camera" in message
+    assert "device /dev/video42 is busy" in message and "rvm-test-broken" in message
+    assert isinstance(info.value, SinkError) and isinstance(info.value, OSError)
+
+
+def test_vcam_without_any_device_explains_the_fix():
+    from rvm_live.errors import VirtualCameraError
+    from rvm_live.sinks.vcam import loopback_devices
+
+    if loopback_devices():
+        pytest.skip("this machine has a v4l2loopback device")
+    sink = create_sink("vcam", Config())
+    with pytest.raises(VirtualCameraError, match="modprobe v4l2loopback"):
+        sink.open(176, 144, 30)
+
+
+def test_vcam_factory_device():
+    assert create_sink("vcam:/dev/video10", Config(vcam_device="/dev/video3")).device == "/dev/video10"
+    assert create_sink("vcam", Config(vcam_device="/dev/video3")).device == "/dev/video3"
+    assert create_sink("vcam", Config()).device is None
+
+
+@pytest.mark.device
+def test_real_loopback_device(carphone_frames):
+    import cv2
+
+    from rvm_live.sinks.vcam import loopback_devices
+
+    devices = [d for d, _ in loopback_devices()]
+    if not devices:
+        pytest.skip("no v4l2loopback device (sudo modprobe v4l2loopback devices=1 exclusive_caps=1)")
+    sink = create_sink(f"vcam:{devices[0]}", Config())
+    sink.open(176, 144, 30)
+    try:
+        for frame in frames_of(carphone_frames[:5]):
+            sink.write(frame)
+        cap = cv2.VideoCapture(devices[0], cv2.CAP_V4L2)
+        sink.write(frames_of(carphone_frames[5:6])[0])
+        ok, bgr = cap.read()
+        cap.release()
+    finally:
+        sink.close()
+    assert ok and bgr.shape == (144, 176, 3)
+
+
+def fake_sysfs(root, *, module: bool, virtual: bool, caps: str | None):
+    """A /sys and /dev tree shaped like the kernel's, for doctor()."""
+    sys_root, dev_root = root / "sys", root / "dev"
+    where = "devices/virtual/video4linux/video7" if virtual else "devices/pci0000:00/usb1/video4linux/video7"
+    (sys_root / where).mkdir(parents=True)
+    (sys_root / where / "name").write_text("rvm-live\n")
+    (sys_root / "class" / "video4linux").mkdir(parents=True)
+    (sys_root / "class" / "video4linux" / "video7").symlink_to(sys_root / where)
+    if module:
+        (sys_root / "module" / "v4l2loopback" / "parameters").mkdir(parents=True)
+        if caps is not None:
+            (sys_root / "module" / "v4l2loopback" / "parameters" / "exclusive_caps").write_text(caps)
+    dev_root.mkdir()
+    (dev_root / "video7").write_bytes(b"")
+    return sys_root, dev_root
+
+
+def test_doctor_on_a_good_setup(tmp_path):
+    from rvm_live.sinks.vcam import doctor, loopback_devices
+
+    if platform.system() != "Linux":
+        pytest.skip("the loopback checks are Linux-only")
+    sys_root, dev_root = fake_sysfs(tmp_path, module=True, virtual=True, caps="Y\n")
+    assert loopback_devices(sys_root) == [("/dev/video7", "rvm-live")]
+    checks = {c.name: c for c in doctor(sys_root=sys_root, dev_root=dev_root)}
+    assert all(c.ok for name, c in checks.items() if name != "pyvirtualcam backends"), checks
+    assert "rvm-live" in checks["loopback devices present"].detail
+
+
+def test_doctor_names_the_fix_when_the_module_is_missing(tmp_path):
+    from rvm_live.sinks.vcam import MODPROBE_FIX, doctor
+
+    if platform.system() != "Linux":
+        pytest.skip("the loopback checks are Linux-only")
+    sys_root, dev_root = fake_sysfs(tmp_path, module=False, virtual=False, caps=None)  # a real webcam only
+    checks = {c.name: c for c in doctor(sys_root=sys_root, dev_root=dev_root)}
+    assert not checks["v4l2loopback module loaded"].ok
+    assert not checks["loopback devices present"].ok
+    assert MODPROBE_FIX in checks["v4l2loopback module loaded"].fix
+    sys_root, dev_root = fake_sysfs(tmp_path / "b", module=True, virtual=True, caps="N\n")
+    checks = {c.name: c for c in doctor(sys_root=sys_root, dev_root=dev_root)}
+    assert not checks["exclusive_caps=1 (needed by Chrome/WebRTC)"].ok
+
+
+# --- preview window ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("display", [None, ":97"])
+def test_window_without_a_display_is_a_sink_error(monkeypatch, display):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    if display:
+        monkeypatch.setenv("DISPLAY", display)  # set, but no X server behind it
+    sink = create_sink("window", Config())
+    assert sink.accepts_alpha
+    with pytest.raises(SinkError, match="no display"):
+        sink.open(176, 144, 30)
+    sink.close()
+
+
+def test_checkerboard_shows_through_transparent_pixels():
+    from rvm_live.sinks.window import checkerboard, flatten_rgba
+
+    board = checkerboard(32, 32)
+    image = np.zeros((32, 32, 4), np.uint8)
+    image[..., 0] = 250
+    image[:, 16:, 3] = 255
+    flat = flatten_rgba(image, board)
+    np.testing.assert_array_equal(flat[:, 16:], np.broadcast_to([250, 0, 0], (32, 16, 3)))
+    np.testing.assert_array_equal(flat[:, :16], board[:, :16].astype(np.uint8))
+    assert len(np.unique(flat[:, :16, 1])) == 2  # both checker shades visible
+
+
+@pytest.fixture
+def xvfb_display():
+    import os
+    import shutil
+    import subprocess
+
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    for number in range(90, 110):
+        if not os.path.exists(f"/tmp/.X11-unix/X{number}") and not os.path.exists(f"/tmp/.X{number}-lock"):
+            break
+    server = subprocess.Popen(["Xvfb", f":{number}", "-nolisten", "tcp", "-screen", "0", "640x480x24"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(f"/tmp/.X11-unix/X{number}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_window_under_xvfb(monkeypatch, xvfb_display, carphone_frames):
+    from rvm_live.sinks.window import display_problem
+
+    monkeypatch.setenv("DISPLAY", xvfb_display)
+    assert display_problem() is None
+    sink = create_sink("window:rvm-live test", Config())
+    sink.open(176, 144, 30)
+    try:
+        rgba, _ = with_alpha(carphone_frames[:10])
+        for frame in frames_of(rgba):
+            sink.write(frame)
+    finally:
+        sink.close()
+        sink.close()
+    assert sink.frames_shown == 10 and not sink.closed_by_user

@@ -98,6 +98,8 @@ class StreamSource:
             raise SourceError(f"{self.target}: no such file")
         try:
             container = av.open(self.target, options=self._options(), timeout=self._timeout)
+        except av.ExitError as exc:  # PyAV's open timeout fired
+            raise SourceError(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise SourceError(f"{self.target}: cannot open: {_one_line(exc)}") from exc
         if not container.streams.video:
