@@ -372,10 +372,11 @@ class Pipeline:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(2.0)
-        what = str(exc) if isinstance(exc, RvmLiveError) else f"{type(exc).__name__}: {exc}"
-        log.error("%s failed: %s", name, what, exc_info=(type(exc), exc, exc.__traceback__)
-                  if not isinstance(exc, RvmLiveError) else None)
-        raise PipelineError(f"{name}: {what}") from exc
+        if isinstance(exc, RvmLiveError):  # an expected failure: its message says it all
+            raise PipelineError(str(exc)) from exc
+        # a bug or a driver failure: keep the whole story in the log
+        log.error("%s failed", name, exc_info=(type(exc), exc, exc.__traceback__))
+        raise PipelineError(f"{name}: {type(exc).__name__}: {exc}") from exc
 
     def run(self) -> dict[str, Any]:
         """Start, wait for the end (or ``stop()``), close; returns the stats."""

@@ -65,5 +65,6 @@ def create_sink(spec: str, config: Config) -> Sink:
     try:
         factory = _REGISTRY[key]
     except KeyError:
-        raise ConfigError(f"output {spec!r}: unsupported scheme {key!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"output {spec!r}: unsupported scheme {key!r} (known: {known})") from None
     return factory(spec, config)

@@ -68,5 +68,6 @@ def create_source(spec: str, config: Config) -> Source:
     try:
         factory = _REGISTRY[key]
     except KeyError:
-        raise ConfigError(f"source {spec!r}: unsupported scheme {key!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConfigError(f"source {spec!r}: unsupported scheme {key!r} (known: {known})") from None
     return factory(spec, config)
