@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# OpenCV must be imported before PyAV: the other order makes cv2's GUI calls spin forever (PyAV #978).
+import cv2  # noqa: F401  isort: skip
+
 from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError, WeightsError
 from .matting import Matter, auto_downsample_ratio, matting
 from .model.network import MattingNetwork
