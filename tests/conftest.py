@@ -38,3 +38,17 @@ def mobilenet(official_onnx_path):
 
     return load_model("mobilenetv3", weights=official_onnx_path)
 
+
+
+@pytest.fixture
+def fake_backends():
+    """Register the recording and the broken pyvirtualcam backends (see tests/media.py) for one test."""
+    import pyvirtualcam
+    from media import BrokenBackend, RecordingBackend
+
+    pyvirtualcam.register_backend("rvm-test-recorder", RecordingBackend)
+    pyvirtualcam.register_backend("rvm-test-broken", BrokenBackend)
+    RecordingBackend.instances.clear()
+    yield RecordingBackend.instances
+    for name in ("rvm-test-recorder", "rvm-test-broken"):
+        pyvirtualcam.camera.BACKENDS.pop(name, None)

@@ -149,3 +149,42 @@ def decode_file(path: str | Path, fmt: str = "rgb24") -> list[np.ndarray]:
 def mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two uint8 images."""
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+# --- fake pyvirtualcam backends (registered like the real v4l2loopback / OBS ones) ---------------------
+
+
+class RecordingBackend:
+    """A real pyvirtualcam backend (registered like v4l2loopback) that keeps what it is sent."""
+
+    instances: list[RecordingBackend] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "/dev/video-recorder"
+        self.frames: list[np.ndarray] = []
+        self.sent_at: list[float] = []
+        self.closed = 0
+        RecordingBackend.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        # pyvirtualcam hands over a flat C-contiguous buffer in the camera's pixel format
+        assert frame.size == self.width * self.height * 3
+        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
+        self.sent_at.append(time.perf_counter())
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def device(self) -> str:
+        return self._device
+
+    def native_fourcc(self) -> int:
+        return self.fourcc
+
+
+class BrokenBackend:
+    """A backend whose device is taken, as when another app holds the loopback device."""
+
+    def __init__(self, **kw):
+        raise RuntimeError("device /dev/video42 is busy")

@@ -9,6 +9,7 @@ import time
 from fractions import Fraction
 
 import av
+import media
 import numpy as np
 import pytest
 
@@ -18,7 +19,6 @@ from rvm_live.frame import Frame
 from rvm_live.sinks.base import Sink, create_sink
 from rvm_live.sinks.null import NullSink
 from rvm_live.sinks.stream import StreamSink, encoder_works, frame_rate, pick_h264_encoder
-from tests import media
 
 
 def frames_of(images: np.ndarray) -> list[Frame]:
@@ -285,54 +285,6 @@ def test_unknown_scheme_is_a_config_error():
 # --- virtual camera ------------------------------------------------------------------------------------
 
 
-class RecordingBackend:
-    """A real pyvirtualcam backend (registered like v4l2loopback) that keeps what it is sent."""
-
-    instances: list[RecordingBackend] = []
-
-    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None, **kw):
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "/dev/video-recorder"
-        self.frames: list[np.ndarray] = []
-        self.sent_at: list[float] = []
-        self.closed = 0
-        RecordingBackend.instances.append(self)
-
-    def send(self, frame: np.ndarray) -> None:
-        # pyvirtualcam hands over a flat C-contiguous buffer in the camera's pixel format
-        assert frame.size == self.width * self.height * 3
-        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
-        self.sent_at.append(time.perf_counter())
-
-    def close(self) -> None:
-        self.closed += 1
-
-    def device(self) -> str:
-        return self._device
-
-    def native_fourcc(self) -> int:
-        return self.fourcc
-
-
-class BrokenBackend:
-    """A backend whose device is taken, as when another app holds the loopback device."""
-
-    def __init__(self, **kw):
-        raise RuntimeError("device /dev/video42 is busy")
-
-
-@pytest.fixture
-def fake_backends():
-    import pyvirtualcam
-
-    pyvirtualcam.register_backend("rvm-test-recorder", RecordingBackend)
-    pyvirtualcam.register_backend("rvm-test-broken", BrokenBackend)
-    RecordingBackend.instances.clear()
-    yield
-    for name in ("rvm-test-recorder", "rvm-test-broken"):
-        pyvirtualcam.camera.BACKENDS.pop(name, None)
-
-
 def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
     import pyvirtualcam
 
@@ -348,7 +300,7 @@ def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
         sink.write(Frame(0, 0, "t", np.zeros((72, 88, 3), np.uint8)))
     sink.close()
     sink.close()
-    (backend,) = RecordingBackend.instances
+    (backend,) = media.RecordingBackend.instances
     assert (backend.width, backend.height, backend.fps) == (176, 144, 29.97)
     assert backend.fourcc == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
     assert backend.device() == "/dev/video9" and backend.closed == 1
@@ -367,7 +319,7 @@ def test_vcam_reopens_at_a_new_size(fake_backends, carphone_frames):
     sink.open(88, 72, 30)
     sink.write(frames_of(small)[0])
     sink.close()
-    first, second = RecordingBackend.instances
+    first, second = media.RecordingBackend.instances
     assert first.closed == 1 and (second.width, second.height) == (88, 72)
     np.testing.assert_array_equal(second.frames[0], small[0])
 

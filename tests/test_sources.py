@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import media
 import numpy as np
 import pytest
 
@@ -14,7 +15,6 @@ from rvm_live.sources.base import Source, create_source
 from rvm_live.sources.camera import CameraSource, list_cameras, parse_camera_spec
 from rvm_live.sources.demo import DemoSource
 from rvm_live.sources.stream import StreamSource
-from tests import media
 
 
 def read_all(source: Source, limit: int = 10_000) -> list[np.ndarray]:
