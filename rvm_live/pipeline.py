@@ -96,6 +96,7 @@ class Pipeline:
             config.backbone, weights=config.weights, device=config.device, fp16=config.fp16,
             downsample_ratio=config.downsample)
         self._background = self._load_background(config.bg)
+        self.background_spec = config.bg
         self._pending_background: Background | None = None
         self._bg_lock = threading.Lock()
         self.stop_event = threading.Event()
@@ -411,7 +412,7 @@ class Pipeline:
         return self.stats_data.snapshot(
             frames_dropped=dropped, backbone=self.matter.backbone, device=str(self.matter.device),
             downsample_ratio=self.matter.ratio, sinks={w.sink.name: w.info() for w in self.workers},
-            source_up=self.source_up, paused=self.paused.is_set())
+            source_up=self.source_up, paused=self.paused.is_set(), background=self.background_spec)
 
     def set_background(self, spec: str) -> None:
         """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""
@@ -421,6 +422,7 @@ class Pipeline:
             if self._pending_background is not None:
                 self._pending_background.close()
             self._pending_background = new
+            self.background_spec = spec
         log.info("background -> %s", spec)
 
     def pause(self) -> None:

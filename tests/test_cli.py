@@ -137,3 +137,37 @@ def test_devices_and_doctor_run():
     if doctor.returncode != 0:
         assert "modprobe v4l2loopback devices=1 exclusive_caps=1" in doctor.stdout
     assert "Traceback" not in doctor.stderr
+
+
+def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone_path):
+    import urllib.request
+
+    from media import free_port
+
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f'source = "{carphone_path}"\nrealtime = true\nloop = true\noutputs = ["null"]\nbg = "green"\n')
+    port = free_port()
+    env = {**os.environ, "RVM_LIVE_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rvm_live", "--config", str(cfg), "--control", f"127.0.0.1:{port}"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    try:
+        for line in proc.stderr:
+            if "control API" in line:
+                break
+        assert stats()["background"] == "green"
+        cfg.write_text(cfg.read_text().replace('bg = "green"', 'bg = "#ff0000"'))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while stats()["background"] != "#ff0000" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stats()["background"] == "#ff0000" and stats()["frames_out"] > 0
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0

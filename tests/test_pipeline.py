@@ -127,6 +127,9 @@ def test_vcam_receives_composited_frames(carphone_path, matter_factory, fake_bac
     assert (cam.width, cam.height) == (176, 144) and cam.fps == pytest.approx(29.97, abs=0.01)
     assert len(cam.frames) == 10 and cam.frames[0].shape == (144, 176, 3)
     assert cam.closed == 1
+    # a file source into a live output is paced at the source's rate, not pushed as fast as possible
+    gaps = np.diff(cam.sent_at)
+    assert np.median(gaps) >= 0.8 / 29.97
     corner = cam.frames[-1][:10, :10].reshape(-1, 3).mean(0)  # background: green (0, 128, 0)
     assert corner[1] > 100 and corner[0] < 40 and corner[2] < 40
 

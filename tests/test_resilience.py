@@ -31,6 +31,16 @@ def matter_factory(mobilenet):
     return make
 
 
+class CountingMatter(Matter):
+    """The real Matter, counting how often its recurrent state is reset."""
+
+    resets = 0
+
+    def reset(self):
+        self.resets += 1
+        super().reset()
+
+
 def wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -48,8 +58,9 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
     config = Config(source=url, side_by_side=True, no_signal_timeout=0.5)
+    matter = CountingMatter("mobilenetv3", model=matter_factory().model, device="cpu")
     with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 4.0):
-        pipeline = Pipeline(config, matter=matter_factory(), sinks=[sink])
+        pipeline = Pipeline(config, matter=matter, sinks=[sink])
         pipeline.start()
         try:
             wait_until(lambda: len(sink.frames) >= 5, 60, "frames before the outage")
@@ -58,7 +69,7 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory):
             card = no_signal_card(144, 352)
             wait_until(lambda: any(np.array_equal(f.image, card) for _, f in sink.frames[-5:]), 30,
                        "the no-signal card")
-            before = len(sink.frames)
+            before, resets_before = len(sink.frames), matter.resets
             assert pipeline.health()["source_up"] is False
             with Peer(send, url + "?pkt_size=1316", (30, 30, 220), (176, 144), 30.0):
                 wait_until(lambda: any(left_colour(f)[2] > 150 for _, f in sink.frames[before:]), 60,
@@ -68,6 +79,7 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory):
             pipeline.stop()
             pipeline.wait(10)
             pipeline.close()
+    assert matter.resets > resets_before  # the recurrent state starts afresh on the new stream
     assert stats["source_outages"] >= 1 and stats["source_outage_s"] > 0
     assert sink.opened and len(sink.opened) == 1  # the output kept its device the whole time
     reds = [left_colour(f) for _, f in sink.frames[:5]]
