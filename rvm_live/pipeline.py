@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,31 +25,20 @@ from .errors import (
     MediaError,
     PipelineError,
     RvmLiveError,
-    SinkError,
     SourceError,
-    VirtualCameraError,
 )
 from .frame import END, Frame
 from .matting import Matter
 from .queues import Empty, FrameQueue
+from .sink_worker import SinkWorker, backoff_delays
 from .sinks.base import Sink, create_sink
 from .sources.base import Source, create_source
-from .stats import Stats, no_signal_card
+from .stats import Stats
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often a waiting loop looks at the stop event
-BACKOFF_START_S = 0.25
-BACKOFF_MAX_S = 5.0
 DEFAULT_FPS = 30.0
-
-
-def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S):
-    """0.25, 0.5, 1, 2, 4, 5, 5, ... seconds."""
-    delay = start
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
 
 
 def default_outputs(config: Config) -> tuple[str, ...]:
@@ -60,25 +49,6 @@ def default_outputs(config: Config) -> tuple[str, ...]:
         return ("vcam",)
     stem = "demo" if config.source == "demo" else config.source.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return (f"{stem or 'rvm-live'}-matted.mp4",)
-
-
-class SinkWorker:
-    """One sink, its own queue and thread: a slow or broken sink never stalls inference or other sinks."""
-
-    def __init__(self, sink: Sink, queue_size: int, leaky: bool) -> None:
-        self.sink = sink
-        self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
-        self.frames = 0
-        self.reconnects = 0
-        self.is_open = False
-        self.last_frame: Frame | None = None
-        self.last_real_ns = 0
-        self.retry_at = 0.0  # monotonic time before which a lost sink is not retried
-        self.backoff: Iterator[float] | None = None
-
-    def info(self) -> dict[str, Any]:
-        return {"frames": self.frames, "dropped": self.queue.dropped, "reconnects": self.reconnects,
-                "connected": self.is_open}
 
 
 class Pipeline:
@@ -129,7 +99,10 @@ class Pipeline:
         self.capture_queue = FrameQueue(self.config.queue_size, leaky=live, name="capture")
         # Live sources: every queue leaks, so latency never builds up. Files: file outputs block (no frame
         # lost) while live outputs still leak, so a stalled stream never holds up the file.
-        self.workers = [SinkWorker(s, self.config.queue_size, leaky=live or s.live) for s in self.sinks]
+        self.workers = [
+            SinkWorker(s, self.config.queue_size, leaky=live or s.live, fps=self.fps, live_source=live,
+                       no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop_event)
+            for s in self.sinks]
 
     def start(self) -> Pipeline:
         """Open the source and start the worker threads."""
@@ -139,7 +112,7 @@ class Pipeline:
         self._spawn("rvm-capture", self._capture_loop)
         self._spawn("rvm-inference", self._inference_loop)
         for i, worker in enumerate(self.workers):
-            self._spawn(f"rvm-sink-{i}", self._sink_loop, worker)
+            self._spawn(f"rvm-sink-{i}", worker.run)
         return self
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
@@ -260,91 +233,6 @@ class Pipeline:
                 original = np.dstack([original, np.full(original.shape[:2], 255, np.uint8)])
             out = np.hstack([original, out])
         return frame.with_image(out, alpha)
-
-    # ----- sinks -------------------------------------------------------------------------------------
-    def _sink_loop(self, worker: SinkWorker) -> None:
-        sink = worker.sink
-        period = 1.0 / self.fps
-        next_slot = 0.0
-        try:
-            while True:
-                keepalive = sink.live and self.source.live and worker.is_open
-                try:
-                    item = worker.queue.get(timeout=period if keepalive else POLL_S)
-                except Empty:
-                    if self.stop_event.is_set():
-                        return
-                    if keepalive:
-                        self._keep_alive(worker)
-                    continue
-                if item is END or self.stop_event.is_set():
-                    return
-                if sink.live and not self.source.live:
-                    # a file pushed to a live output plays at the file's rate, not as fast as we can go
-                    now = time.monotonic()
-                    if next_slot > now and self.stop_event.wait(next_slot - now):
-                        return
-                    next_slot = max(now, next_slot) + period
-                worker.last_real_ns = time.monotonic_ns()
-                self._deliver(worker, item)
-        finally:
-            worker.is_open = False
-            sink.close()
-
-    def _deliver(self, worker: SinkWorker, frame: Frame, *, real: bool = True) -> None:
-        sink = worker.sink
-        if not worker.is_open and not self._open_sink(worker, frame):
-            return
-        if real:
-            self.stats_data.latency(frame.age_ms())
-        try:
-            sink.write(frame)
-        except SinkError as exc:
-            worker.is_open = False
-            if not sink.live:
-                raise
-            log.warning("output %s lost: %s; reconnecting with backoff", sink.name, exc)
-            worker.reconnects += 1
-            worker.retry_at = time.monotonic()
-            worker.backoff = backoff_delays()
-            return
-        worker.last_frame = frame
-        worker.frames += 1
-
-    def _open_sink(self, worker: SinkWorker, frame: Frame) -> bool:
-        sink = worker.sink
-        if time.monotonic() < worker.retry_at:
-            return False  # still backing off: drop this frame, the sink's queue keeps draining
-        try:
-            sink.open(frame.width, frame.height, self.fps)
-        except SinkError as exc:
-            # a missing virtual camera is a setup problem to report now; a stream server may come later
-            if not sink.live or isinstance(exc, VirtualCameraError):
-                raise
-            if worker.backoff is None:
-                log.warning("output %s unavailable: %s; retrying with backoff", sink.name, exc)
-            worker.backoff = worker.backoff or backoff_delays()
-            delay = next(worker.backoff)
-            worker.retry_at = time.monotonic() + delay
-            log.debug("output %s: reconnect failed (%s); next try in %.2f s", sink.name, exc, delay)
-            return False
-        if worker.reconnects:
-            log.warning("output %s reconnected", sink.name)
-        worker.is_open = True
-        worker.backoff = None
-        return True
-
-    def _keep_alive(self, worker: SinkWorker) -> None:
-        """A live sink with no new frame: repeat the last one, then show "no signal" after a timeout."""
-        last = worker.last_frame
-        if last is None:
-            return
-        silent_s = (time.monotonic_ns() - worker.last_real_ns) / 1e9
-        if silent_s >= self.config.no_signal_timeout:
-            card = no_signal_card(last.height, last.width, channels=last.image.shape[2])
-            last = last.with_image(card)
-        frame = Frame(last.index, time.monotonic_ns(), last.source_id, last.image, last.alpha)
-        self._deliver(worker, frame, real=False)
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def stop(self) -> None:

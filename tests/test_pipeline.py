@@ -146,19 +146,18 @@ def test_missing_virtual_camera_fails_with_the_fix(carphone_path, matter_factory
 
 def test_file_to_rtsp_listener(carphone_path, matter_factory):
     url = f"rtsp://127.0.0.1:{free_port()}/live"
-    config = Config(source=str(carphone_path), max_frames=45)
+    config = Config(source=str(carphone_path), max_frames=90)
     from rvm_live.sinks.stream import StreamSink
 
     listen = {"rtsp_flags": "listen", "listen_timeout": "20", "timeout": "10000000"}
     with Peer(receive, url, listen, None, 30) as peer:
         pipeline = Pipeline(config, matter=matter_factory(), sinks=[StreamSink(url, config)])
-        stats = pipeline.run()
+        pipeline.run()
         report = peer.result(timeout=30)
     assert report["ok"], report
     assert report["count"] >= 30 and report["shape"] == [144, 176, 3]
     r, g, b = report["mean_rgb"]
     assert g > r + 15 and g > b + 15  # composited onto green
-    assert stats["sinks"][url]["frames"] >= 30
 
 
 def test_blocked_sink_does_not_stall_the_others(carphone_path, matter_factory):

@@ -1,0 +1,133 @@
+"""The sink stage: one output, its own bounded queue and thread, so a slow or broken output never stalls
+inference or the other outputs. Live outputs reconnect with backoff and, while a live source is away,
+repeat the last frame and then show a "no signal" card so the device stays open and showing something."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import SinkError, VirtualCameraError
+from .frame import END, Frame
+from .queues import Empty, FrameQueue
+from .sinks.base import Sink
+from .stats import Stats, no_signal_card
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+BACKOFF_START_S = 0.25
+BACKOFF_MAX_S = 5.0
+
+
+def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> Iterator[float]:
+    """0.25, 0.5, 1, 2, 4, 5, 5, ... seconds."""
+    delay = start
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+class SinkWorker:
+    """Drives one sink from its queue until end of stream or ``stop``; ``run()`` is the thread body."""
+
+    def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
+                 no_signal_timeout: float, stats: Stats, stop: threading.Event) -> None:
+        self.sink = sink
+        self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
+        self.period = 1.0 / fps
+        self.fps = fps
+        self.live_source = live_source
+        self.no_signal_timeout = no_signal_timeout
+        self.stats = stats
+        self.stop = stop
+        self.frames = 0
+        self.reconnects = 0
+        self.is_open = False
+        self.last_frame: Frame | None = None
+        self.last_real_ns = 0
+        self.retry_at = 0.0  # monotonic time before which a lost output is not retried
+        self.backoff: Iterator[float] | None = None
+
+    def info(self) -> dict[str, Any]:
+        """Per-output counters for the stats JSON."""
+        return {"frames": self.frames, "dropped": self.queue.dropped, "reconnects": self.reconnects,
+                "connected": self.is_open}
+
+    def run(self) -> None:
+        next_slot = 0.0
+        try:
+            while True:
+                keepalive = self.sink.live and self.live_source and self.is_open
+                try:
+                    item = self.queue.get(timeout=self.period if keepalive else POLL_S)
+                except Empty:
+                    if self.stop.is_set():
+                        return
+                    if keepalive:
+                        self._keep_alive()
+                    continue
+                if item is END or self.stop.is_set():
+                    return
+                if self.sink.live and not self.live_source:
+                    # a file pushed to a live output plays at the file's rate, not as fast as we can go
+                    now = time.monotonic()
+                    if next_slot > now and self.stop.wait(next_slot - now):
+                        return
+                    next_slot = max(now, next_slot) + self.period
+                self.last_real_ns = time.monotonic_ns()
+                self._deliver(item)
+        finally:
+            self.is_open = False
+            self.sink.close()
+
+    def _deliver(self, frame: Frame, *, real: bool = True) -> None:
+        if not self.is_open and not self._open(frame):
+            return
+        if real:
+            self.stats.latency(frame.age_ms())
+        try:
+            self.sink.write(frame)
+        except SinkError as exc:
+            self.is_open = False
+            if not self.sink.live:
+                raise
+            log.warning("output %s lost: %s; reconnecting with backoff", self.sink.name, exc)
+            self.reconnects += 1
+            self.retry_at, self.backoff = time.monotonic(), backoff_delays()
+            return
+        self.last_frame = frame
+        self.frames += 1
+
+    def _open(self, frame: Frame) -> bool:
+        if time.monotonic() < self.retry_at:
+            return False  # still backing off: this frame is dropped, the queue keeps draining
+        try:
+            self.sink.open(frame.width, frame.height, self.fps)
+        except SinkError as exc:
+            # a missing virtual camera is a setup problem to report now; a stream server may come later
+            if not self.sink.live or isinstance(exc, VirtualCameraError):
+                raise
+            if self.backoff is None:
+                log.warning("output %s unavailable: %s; retrying with backoff", self.sink.name, exc)
+            self.backoff = self.backoff or backoff_delays()
+            delay = next(self.backoff)
+            self.retry_at = time.monotonic() + delay
+            log.debug("output %s: reconnect failed (%s); next try in %.2f s", self.sink.name, exc, delay)
+            return False
+        if self.reconnects:
+            log.warning("output %s reconnected", self.sink.name)
+        self.is_open, self.backoff = True, None
+        return True
+
+    def _keep_alive(self) -> None:
+        """No new frame for a live output: repeat the last one, then the "no signal" card after a timeout."""
+        last = self.last_frame
+        if last is None:
+            return
+        if (time.monotonic_ns() - self.last_real_ns) / 1e9 >= self.no_signal_timeout:
+            last = last.with_image(no_signal_card(last.height, last.width, channels=last.image.shape[2]))
+        self._deliver(Frame(last.index, time.monotonic_ns(), last.source_id, last.image, last.alpha), real=False)
