@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -12,7 +13,9 @@ import numpy as np
 import torch
 
 from .compositing import parse_color
+from .cuda_graphs import GraphedStep, to_model_input
 from .model.network import MattingNetwork
+from .ort_engine import OrtMattingNetwork
 from .weights import BACKBONES, load_model
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 # side of the network's internal image at 480 px; inputs up to 512 px run at full size.
 AUTO_INTERNAL_SIZE = 480
 AUTO_FULL_SIZE_LIMIT = 512
+# torch is the default everywhere; onnxruntime is an opt-in CPU backend (see BENCHMARKS.md)
+ENGINES = ("torch", "onnxruntime")
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:
@@ -81,12 +86,18 @@ class Matter:
     """Streaming matting: owns the model, device, dtype, downsample ratio and the four recurrent states.
 
     ``step()`` takes one RGB uint8 frame and returns ``(fgr, pha)`` tensors on the device; the state
-    carries to the next call and is reset automatically when the frame size changes."""
+    carries to the next call and is reset automatically when the frame size changes.
+
+    On CUDA the model runs in fp16 and channels_last memory; frames go through a pinned host buffer and
+    cross the bus as uint8 on a dedicated stream, and ``step()`` replays a CUDA graph captured per frame
+    size (``cuda_graphs=False`` turns that off; its outputs are then only valid until the next ``step()``).
+    ``compile=True`` wraps the network in ``torch.compile`` (slow first frames; opt-in)."""
 
     def __init__(self, backbone: str = "mobilenetv3", *, model: MattingNetwork | None = None,
                  weights: str | Path | None = None, device: str | torch.device | None = None,
                  fp16: bool | None = None, downsample_ratio: float | str | None = "auto",
-                 always_refine: bool = False) -> None:
+                 always_refine: bool = False, cuda_graphs: bool | None = None, compile: bool = False,
+                 channels_last: bool = True, engine: str = "torch") -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         self.device = resolve_device(device)
@@ -94,54 +105,160 @@ class Matter:
         if downsample_ratio not in (None, "auto"):
             check_ratio(downsample_ratio)  # type: ignore[arg-type]
         self._ratio_setting = downsample_ratio
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if engine == "onnxruntime":
+            self._init_onnxruntime(backbone, model, weights, cuda_graphs, compile)
+            return
         if model is None:
             model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype)
         else:
             model = model.eval().to(device=self.device, dtype=self.dtype)
+        if channels_last:
+            # measured on CPU (BENCHMARKS.md) and the layout cuDNN's fp16 tensor-core kernels want
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.backbone = getattr(model, "backbone_name", backbone)
+        self.engine = "torch"
         self.always_refine = always_refine
+        self._network = torch.compile(model, dynamic=False) if compile else model
+        on_cuda = self.device.type == "cuda"
+        if cuda_graphs and not on_cuda:
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
+        self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs)
+        self._stream = torch.cuda.Stream(self.device) if on_cuda else None
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._pinned: torch.Tensor | None = None
+        self._uploaded: torch.cuda.Event | None = None
+        self._graph: GraphedStep | None = None
         self.size: tuple[int, int] | None = None
         self.ratio: float | None = None
         self.state: list[torch.Tensor | None] = [None] * 4
 
+    def _init_onnxruntime(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
+                          cuda_graphs: bool | None, compile: bool) -> None:
+        if self.device.type != "cpu" or backbone != "mobilenetv3" or model is not None or cuda_graphs or compile:
+            raise ValueError("engine='onnxruntime' runs the mobilenetv3 ONNX export on the CPU (fp32); it takes "
+                             "no model=, cuda_graphs= or compile=")
+        self.model = None
+        self.backbone, self.engine, self.always_refine = backbone, "onnxruntime", True
+        self._network = OrtMattingNetwork(weights)
+        self.cuda_graphs, self._stream = False, None
+        self._init_state()
+
     def reset(self) -> None:
         """Forget the recurrent state (new scene, source restart, or on request)."""
         self.state = [None] * 4
+        if self._graph is not None:
+            self._graph.reset()
+            self.state = list(self._graph.state)
 
     def _prepare(self, height: int, width: int) -> None:
         if self.size != (height, width):
             if self.size is not None:
                 log.info("frame size changed %s -> %s; resetting recurrent state", self.size, (height, width))
+            self._graph = None  # a graph holds one frame size
             self.reset()
             self.size = (height, width)
             setting = self._ratio_setting
             self.ratio = auto_downsample_ratio(height, width) if setting in (None, "auto") else float(setting)
 
-    def upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """RGB uint8 ``H x W x 3`` → ``[1, 3, H, W]`` in the model dtype on the device (uint8 crosses the bus)."""
+    @staticmethod
+    def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
                 raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
             image = torch.from_numpy(np.ascontiguousarray(image))
+        elif image.dtype != torch.uint8:
+            raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"frame must be H x W x 3, got shape {tuple(image.shape)}")
-        t = image.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0)
-        return t.to(self.dtype).div_(255)
+        return image
+
+    def _to_device_uint8(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 frame → device (CUDA: via a reused pinned buffer, async on the matting stream)."""
+        if self.device.type != "cuda":
+            return image if out is None else out.copy_(image)
+        if image.device.type == "cuda":
+            with torch.cuda.stream(self._stream):
+                return image.to(self.device) if out is None else out.copy_(image)
+        if self._pinned is None or self._pinned.shape != image.shape:
+            self._pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+            self._uploaded = None
+        if self._uploaded is not None:
+            self._uploaded.synchronize()  # the previous frame's copy has left the pinned buffer
+        self._pinned.copy_(image)
+        with torch.cuda.stream(self._stream):
+            if out is None:
+                out = torch.empty(image.shape, dtype=torch.uint8, device=self.device)
+            out.copy_(self._pinned, non_blocking=True)
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record(self._stream)
+        return out
+
+    def upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """RGB uint8 ``H x W x 3`` → ``[1, 3, H, W]`` in the model dtype on the device (uint8 crosses the bus)."""
+        frame = self._to_device_uint8(self._as_tensor(image))
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+            x = to_model_input(frame, self.dtype)
+        if self._stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        return x
 
     @torch.inference_mode()
     def infer(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on ``[B,3,H,W]`` or ``[1,T,3,H,W]`` (device, dtype, 0..1), carrying state."""
         self._prepare(src.shape[-2], src.shape[-1])
-        fgr, pha, *state = self.model(src, *self.state, downsample_ratio=self.ratio,
-                                      always_refine=self.always_refine)
+        if self._graph is not None:  # leave the graph: continue eagerly from its state
+            self.state = [s.clone() for s in self._graph.state]
+            self._graph = None
+        fgr, pha, *state = self._network(src, *self.state, downsample_ratio=self.ratio,
+                                         always_refine=self.always_refine)
         self.state = state
         return fgr, pha
 
     def step(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte one RGB uint8 frame: returns ``fgr [1,3,H,W]`` and ``pha [1,1,H,W]`` on the device."""
-        with torch.inference_mode():
-            return self.infer(self.upload(image))
+        if not self.cuda_graphs:
+            with torch.inference_mode():
+                return self.infer(self.upload(image))
+        image = self._as_tensor(image)
+        self._prepare(image.shape[0], image.shape[1])
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)  # the caller is done with the previous outputs
+        if self._graph is None:
+            self._capture()
+        self._to_device_uint8(image, out=self._graph.frame)
+        with torch.cuda.stream(self._stream):
+            fgr, pha = self._graph.replay()
+        current.wait_stream(self._stream)
+        return fgr, pha
+
+    def _capture(self) -> None:
+        height, width = self.size
+        graph = GraphedStep(self._network, height=height, width=width, dtype=self.dtype, ratio=self.ratio,
+                            always_refine=self.always_refine, device=self.device, stream=self._stream)
+        if any(s is not None for s in self.state):  # came from eager steps: carry their state in
+            for buffer, s in zip(graph.state, self.state):
+                buffer.copy_(s)
+        self._graph = graph
+        self.state = list(graph.state)
+
+    @torch.inference_mode()
+    def step_chunk(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Matte ``T`` consecutive uint8 frames ``[T,H,W,3]`` in one network call along time (file
+        throughput); returns ``fgr [T,3,H,W]`` and ``pha [T,1,H,W]``; the state carries on as with ``step``."""
+        if isinstance(frames, np.ndarray):
+            if frames.dtype != np.uint8:
+                raise TypeError(f"unexpected frame dtype: {frames.dtype} != uint8")
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise ValueError(f"frames must be uint8 [T,H,W,3] with T >= 1, got {frames.dtype} {tuple(frames.shape)}")
+        src = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
+        fgr, pha = self.infer(src.unsqueeze(0))
+        return fgr[0], pha[0]
 
 
 def _validate_frames(video_frames: object) -> torch.Tensor:

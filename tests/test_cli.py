@@ -25,8 +25,8 @@ def rvm_live(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpr
 
 
 @pytest.fixture(scope="module", autouse=True)
-def weights_cached(official_onnx_path):
-    """The subprocesses run offline: make sure the official weights are in the cache first."""
+def assets_cached(official_onnx_path, carphone_path):
+    """The subprocesses run offline: make sure the official weights and the demo clip are cached first."""
 
 
 def test_demo_job_writes_file_and_stats(tmp_path):

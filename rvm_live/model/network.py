@@ -64,9 +64,10 @@ class MattingNetwork(nn.Module):
         hid, r1, r2, r3, r4 = self.decoder(small, f1, f2, f3, self.aspp(f4), r1, r2, r3, r4, steps)
         fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
         if downsample_ratio != 1 or always_refine:
-            fgr_residual, pha = self.refiner(x, small, fgr_residual, pha, hid)
-        fgr = (fgr_residual + x).clamp(0.0, 1.0)
-        pha = pha.clamp(0.0, 1.0)
+            fgr, pha = self.refiner(x, small, fgr_residual, pha, hid)
+        else:
+            fgr = (fgr_residual + x).clamp_(0.0, 1.0)
+            pha = pha.clamp(0.0, 1.0)
         if src.ndim == 5:
             fgr, pha = fgr.unflatten(0, (batch, steps)), pha.unflatten(0, (batch, steps))
         return fgr, pha, r1, r2, r3, r4

@@ -38,10 +38,17 @@ class DeepGuidedFilterRefiner(nn.Module):
 
     def forward(self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor,
                 base_hid: Tensor) -> tuple[Tensor, Tensor]:
+        """Final ``fgr`` and ``pha`` at ``fine_src``'s size, clamped to 0..1 (``base_fgr`` is a residual)."""
         a, b = self.coefficients(base_src, base_fgr, base_pha, base_hid)
-        size = fine_src.shape[2:]
-        a = F.interpolate(a, size, mode="bilinear", align_corners=False)
-        b = F.interpolate(b, size, mode="bilinear", align_corners=False)
-        fine_x = torch.cat([fine_src, fine_src.mean(1, keepdim=True)], dim=1)
-        out = a * fine_x + b
-        return out[:, :3], out[:, 3:]
+        # The full-resolution part dominates at 720p and up, so it is written in its cheapest form. Bilinear
+        # upsampling is affine, so constant scales and offsets move to the low-resolution side:
+        #   fgr = A_rgb * x + b_rgb + x           = (A_rgb + 1) * x + b_rgb
+        #   pha = A_a * mean(x) + b_a             = (A_a / 3) * sum(x) + b_a
+        # which leaves one 8-channel upsample and two multiply-adds at full resolution.
+        scale = a.new_tensor([1.0, 1.0, 1.0, 1.0 / 3.0]).view(1, 4, 1, 1)
+        offset = a.new_tensor([1.0, 1.0, 1.0, 0.0]).view(1, 4, 1, 1)
+        coeffs = torch.cat([torch.addcmul(offset, a, scale), b], dim=1)
+        coeffs = F.interpolate(coeffs, fine_src.shape[2:], mode="bilinear", align_corners=False)
+        fgr = torch.addcmul(coeffs[:, 4:7], coeffs[:, 0:3], fine_src).clamp_(0.0, 1.0)
+        pha = torch.addcmul(coeffs[:, 7:8], coeffs[:, 3:4], fine_src.sum(1, keepdim=True)).clamp_(0.0, 1.0)
+        return fgr, pha
