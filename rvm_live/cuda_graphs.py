@@ -1,0 +1,73 @@
+"""One matting step as a captured CUDA graph: fixed-shape upload → network → state update, replayed per frame.
+
+At 1080p and below the GPU finishes MobileNetV3 faster than Python can launch its ~300 kernels, so launch
+overhead is the latency. A graph replays them all with one call. Shapes are fixed per capture: a new frame
+size means a new graph (``Matter`` re-captures on a resolution change).
+
+Buffers the graph reads and writes live at fixed addresses: the uint8 frame (device), the four recurrent
+states and the outputs. The recurrent state is copied back into its input buffer at the end of the graph, so
+replaying the graph *is* advancing the stream by one frame.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from .model.network import MattingNetwork
+
+log = logging.getLogger(__name__)
+
+WARMUP_ITERATIONS = 3  # cuDNN picks its algorithms (and torch.compile compiles) before the capture
+
+
+def to_model_input(frame: Tensor, dtype: torch.dtype) -> Tensor:
+    """``H x W x 3`` uint8 (on the model's device) → ``[1,3,H,W]`` in ``dtype``, 0..1, channels_last memory.
+
+    The permute of an HWC image *is* channels_last, so this is one elementwise pass with no layout copy."""
+    return frame.permute(2, 0, 1).unsqueeze(0).to(dtype).mul_(1 / 255)
+
+
+class GraphedStep:
+    """A CUDA graph of ``uint8 frame → fgr, pha`` for one frame size, with the recurrent state inside."""
+
+    def __init__(self, model: MattingNetwork, *, height: int, width: int, dtype: torch.dtype, ratio: float,
+                 always_refine: bool, device: torch.device, stream: torch.cuda.Stream) -> None:
+        self.size = (height, width)
+        self.stream = stream
+        self.frame = torch.zeros((height, width, 3), dtype=torch.uint8, device=device)
+        self._dtype = dtype
+        self._call = lambda src, *rec: model(src, *rec, downsample_ratio=ratio, always_refine=always_refine)
+        with torch.cuda.stream(stream), torch.inference_mode():
+            # an eager run gives the state shapes; zero states are what a ``None`` state means
+            _, _, *rec = self._call(to_model_input(self.frame, dtype))
+            self.state = [torch.zeros_like(r) for r in rec]
+            for _ in range(WARMUP_ITERATIONS):
+                self._body()
+            self.reset()
+        stream.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream):
+            self.fgr, self.pha = self._body()
+        self.reset()
+        log.info("captured a CUDA graph for %dx%d frames", width, height)
+
+    def _body(self) -> tuple[Tensor, Tensor]:
+        fgr, pha, *rec = self._call(to_model_input(self.frame, self._dtype), *self.state)
+        for buffer, new in zip(self.state, rec):
+            buffer.copy_(new)
+        return fgr, pha
+
+    def reset(self) -> None:
+        """Zero the recurrent state (the graph reads it in place)."""
+        with torch.cuda.stream(self.stream):
+            for buffer in self.state:
+                buffer.zero_()
+
+    def replay(self) -> tuple[Tensor, Tensor]:
+        """Run one frame (already copied into ``self.frame``) on ``self.stream``; outputs are overwritten by
+        the next replay."""
+        self.graph.replay()
+        return self.fgr, self.pha
