@@ -309,3 +309,7 @@ def main(argv: list[str]) -> int:
         return 2
     sys.stdout.write((json.dumps(report, indent=2) if args.json else format_report(report)) + "\n")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
