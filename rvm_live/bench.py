@@ -74,6 +74,9 @@ class OrtRunner:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle onnxruntime workers otherwise spin for a while after each run, taking the cores from the torch
+        # frames timed right after them (the engines alternate in blocks)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.version = ort.__version__
         self.session = ort.InferenceSession(str(fetch(MOBILENETV3_ONNX_MIRROR)), options,
                                             providers=["CPUExecutionProvider"])

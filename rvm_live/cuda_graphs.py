@@ -27,7 +27,9 @@ def to_model_input(frame: Tensor, dtype: torch.dtype) -> Tensor:
     """``H x W x 3`` uint8 (on the model's device) → ``[1,3,H,W]`` in ``dtype``, 0..1, channels_last memory.
 
     The permute of an HWC image *is* channels_last, so this is one elementwise pass with no layout copy."""
-    return frame.permute(2, 0, 1).unsqueeze(0).to(dtype).mul_(1 / 255)
+    # unsqueeze *before* permute: the batch stride is then H*W*3, which layout detection recognises as
+    # channels_last (after the permute it would be 3, read as NCHW, and every op downstream would revert)
+    return frame.unsqueeze(0).permute(0, 3, 1, 2).to(dtype).mul_(1 / 255)
 
 
 class GraphedStep:

@@ -29,7 +29,7 @@ class ConvGRU(nn.Module):
     def forward(self, x: Tensor, h: Tensor | None, steps: int = 1) -> tuple[Tensor, Tensor]:
         batch = x.shape[0] // steps
         if h is None:
-            h = x.new_zeros((batch, *x.shape[1:]))
+            h = torch.zeros_like(x[:batch])  # keeps x's memory format (channels_last stays channels_last)
         if steps == 1:
             h = self.step(x, h)
             return h, h
