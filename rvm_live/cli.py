@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import BACKBONES, Config, config_from_mapping, load_toml, preset_names
+from .config import BACKBONES, ENGINES, Config, config_from_mapping, load_toml, preset_names
 from .errors import ConfigError, RvmLiveError
 
 log = logging.getLogger("rvm_live")
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
+    inf.add_argument("--engine", choices=ENGINES, help="torch (default) or onnxruntime (CPU, MobileNetV3 only)")
+    inf.add_argument("--compile", action="store_true", help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")
     comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")
     comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .compositing import parse_color
+from .config import ENGINES  # torch is the default; onnxruntime an opt-in CPU backend (BENCHMARKS.md)
 from .cuda_graphs import GraphedStep, to_model_input
 from .model.network import MattingNetwork
 from .ort_engine import OrtMattingNetwork
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 # side of the network's internal image at 480 px; inputs up to 512 px run at full size.
 AUTO_INTERNAL_SIZE = 480
 AUTO_FULL_SIZE_LIMIT = 512
-# torch is the default everywhere; onnxruntime is an opt-in CPU backend (see BENCHMARKS.md)
-ENGINES = ("torch", "onnxruntime")
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:

@@ -64,7 +64,7 @@ class Pipeline:
             raise ConfigError("no outputs")
         self.matter = matter if matter is not None else Matter(
             config.backbone, weights=config.weights, device=config.device, fp16=config.fp16,
-            downsample_ratio=config.downsample)
+            downsample_ratio=config.downsample, engine=config.engine, compile=config.compile)
         self._background = self._load_background(config.bg)
         self.background_spec = config.bg
         self._pending_background: Background | None = None
