@@ -163,7 +163,7 @@ def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone
         cfg.write_text(cfg.read_text().replace('bg = "green"', 'bg = "#ff0000"'))
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
-        while stats()["background"] != "#ff0000" and time.monotonic() < deadline:
+        while (stats()["background"] != "#ff0000" or stats()["frames_out"] == 0) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert stats()["background"] == "#ff0000" and stats()["frames_out"] > 0
         proc.send_signal(signal.SIGINT)
