@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
-    inf.add_argument("--engine", choices=ENGINES, help="torch (default) or onnxruntime (CPU, MobileNetV3 only)")
+    inf.add_argument("--engine", choices=("auto", *ENGINES),
+                     help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
+                          "onnxruntime")
     inf.add_argument("--compile", action="store_true", help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")
     comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")

@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BACKBONES = ("mobilenetv3", "resnet50")
-ENGINES = ("torch", "onnxruntime")
+ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -39,7 +39,7 @@ class Config:
     device: str = "auto"
     fp16: bool | None = None  # None: on for CUDA, off elsewhere
     downsample: str | float = "auto"
-    engine: str = "torch"  # torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
+    engine: str = "auto"  # auto | torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
     compile: bool = False  # torch.compile the network (slow first start; cached afterwards)
     # compositing
     bg: str = "green"
@@ -64,8 +64,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine not in ("auto", *ENGINES):
+            raise ConfigError(f"engine: {self.engine!r} is not one of auto, {', '.join(ENGINES)}")
         if self.downsample != "auto":
             try:
                 r = float(self.downsample)

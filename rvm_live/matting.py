@@ -70,15 +70,32 @@ def resolve_dtype(fp16: bool | None, device: torch.device) -> torch.dtype:
     return torch.float16 if fp16 else torch.float32
 
 
+def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None) -> str:
+    """Resolve ``"auto"``: onnxruntime where it is faster and able (CPU, MobileNetV3, the official ONNX export
+    or an .onnx file, onnxruntime installed; see BENCHMARKS.md), torch everywhere else."""
+    if engine != "auto":
+        return engine
+    if device.type != "cpu" or backbone != "mobilenetv3":
+        return "torch"
+    if weights is not None and Path(weights).suffix != ".onnx":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
 @functools.lru_cache(maxsize=4)
-def _cached_model(backbone: str, weights: str | None, device: torch.device, dtype: torch.dtype) -> MattingNetwork:
-    return load_model(backbone, weights=weights).to(device=device, dtype=dtype)
+def _cached_model(backbone: str, weights: str | None, device: torch.device, dtype: torch.dtype,
+                  offline: bool | None) -> MattingNetwork:
+    return load_model(backbone, weights=weights, offline=offline).to(device=device, dtype=dtype)
 
 
 def get_model(backbone: str, *, weights: str | Path | None = None, device: torch.device,
-              dtype: torch.dtype) -> MattingNetwork:
+              dtype: torch.dtype, offline: bool | None = None) -> MattingNetwork:
     """A ready (folded, eval, on ``device`` in ``dtype``) model, shared between callers."""
-    return _cached_model(backbone, str(weights) if weights is not None else None, device, dtype)
+    return _cached_model(backbone, str(weights) if weights is not None else None, device, dtype, offline)
 
 
 class Matter:
@@ -96,7 +113,7 @@ class Matter:
                  weights: str | Path | None = None, device: str | torch.device | None = None,
                  fp16: bool | None = None, downsample_ratio: float | str | None = "auto",
                  always_refine: bool = False, cuda_graphs: bool | None = None, compile: bool = False,
-                 channels_last: bool = True, engine: str = "torch") -> None:
+                 channels_last: bool = True, engine: str = "torch", offline: bool | None = None) -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         self.device = resolve_device(device)
@@ -107,10 +124,10 @@ class Matter:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         if engine == "onnxruntime":
-            self._init_onnxruntime(backbone, model, weights, cuda_graphs, compile)
+            self._init_onnxruntime(backbone, model, weights, cuda_graphs, compile, offline)
             return
         if model is None:
-            model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype)
+            model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype, offline=offline)
         else:
             model = model.eval().to(device=self.device, dtype=self.dtype)
         if channels_last:
@@ -137,13 +154,13 @@ class Matter:
         self.state: list[torch.Tensor | None] = [None] * 4
 
     def _init_onnxruntime(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
-                          cuda_graphs: bool | None, compile: bool) -> None:
+                          cuda_graphs: bool | None, compile: bool, offline: bool | None) -> None:
         if self.device.type != "cpu" or backbone != "mobilenetv3" or model is not None or cuda_graphs or compile:
             raise ValueError("engine='onnxruntime' runs the mobilenetv3 ONNX export on the CPU (fp32); it takes "
                              "no model=, cuda_graphs= or compile=")
         self.model = None
         self.backbone, self.engine, self.always_refine = backbone, "onnxruntime", True
-        self._network = OrtMattingNetwork(weights)
+        self._network = OrtMattingNetwork(weights, offline=offline)
         self.cuda_graphs, self._stream = False, None
         self._init_state()
 

@@ -20,7 +20,8 @@ class OrtMattingNetwork:
 
     backbone_name = "mobilenetv3"
 
-    def __init__(self, weights: str | Path | None = None, *, threads: int | None = None) -> None:
+    def __init__(self, weights: str | Path | None = None, *, threads: int | None = None,
+                 offline: bool | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -29,7 +30,7 @@ class OrtMattingNetwork:
             from .assets import fetch
             from .weights import MOBILENETV3_ONNX_MIRROR
 
-            weights = fetch(MOBILENETV3_ONNX_MIRROR)
+            weights = fetch(MOBILENETV3_ONNX_MIRROR, offline=offline)
         path = Path(weights).expanduser()
         if path.suffix != ".onnx":
             raise ValueError(f"engine='onnxruntime' needs an .onnx export, got {path}")

@@ -28,7 +28,7 @@ from .errors import (
     SourceError,
 )
 from .frame import END, Frame
-from .matting import Matter
+from .matting import Matter, pick_engine, resolve_device
 from .queues import Empty, FrameQueue
 from .sink_worker import SinkWorker, backoff_delays
 from .sinks.base import Sink, create_sink
@@ -62,9 +62,14 @@ class Pipeline:
         self.sinks = sinks if sinks is not None else [create_sink(s, config) for s in default_outputs(config)]
         if not self.sinks:
             raise ConfigError("no outputs")
-        self.matter = matter if matter is not None else Matter(
-            config.backbone, weights=config.weights, device=config.device, fp16=config.fp16,
-            downsample_ratio=config.downsample, engine=config.engine, compile=config.compile)
+        if matter is None:
+            engine = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
+                                 device=resolve_device(config.device))
+            matter = Matter(config.backbone, weights=config.weights, device=config.device, fp16=config.fp16,
+                            downsample_ratio=config.downsample, engine=engine, compile=config.compile,
+                            offline=config.offline or None)
+            log.info("inference: %s on %s (%s engine)", config.backbone, matter.device, matter.engine)
+        self.matter = matter
         self._background = self._load_background(config.bg)
         self.background_spec = config.bg
         self._pending_background: Background | None = None

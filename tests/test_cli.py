@@ -171,3 +171,13 @@ def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone
     finally:
         proc.kill()
     assert proc.returncode == 0
+
+
+def test_offline_with_an_empty_cache_names_what_is_missing(tmp_path, carphone_path):
+    env = {**os.environ, "RVM_LIVE_CACHE": str(tmp_path / "empty")}
+    env.pop("RVM_LIVE_OFFLINE", None)
+    proc = subprocess.run([sys.executable, "-m", "rvm_live", "--offline", "--engine", "torch", "--source",
+                           str(carphone_path), "-o", str(tmp_path / "x.mp4")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 1 and "offline" in proc.stderr and "rvm_mobilenetv3.pth" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.mp4").exists()

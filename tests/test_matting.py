@@ -154,3 +154,15 @@ def test_fp16_on_cuda_matches_fp32(clip):
     _, mask16 = run(clip, fp16=True, device="cuda")
     assert float((mask32 - mask16).abs().mean()) < 5e-3
     assert float((mask32 - mask16).abs().max()) < 0.1
+
+
+def test_auto_engine_picks_onnxruntime_only_where_it_can_run():
+    from rvm_live.matting import pick_engine
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu) == "onnxruntime"  # installed with [test]
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu, weights="w.onnx") == "onnxruntime"
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu, weights="w.pth") == "torch"
+    assert pick_engine("auto", backbone="resnet50", device=cpu) == "torch"
+    assert pick_engine("auto", backbone="mobilenetv3", device=cuda) == "torch"
+    assert pick_engine("torch", backbone="mobilenetv3", device=cpu) == "torch"
