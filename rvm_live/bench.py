@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .matting import Matter, auto_downsample_ratio, check_ratio, resolve_device
+from .matting import Matter, auto_downsample_ratio, check_ratio, pick_engine, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def machine_info() -> dict[str, Any]:
 def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device: str = "cpu", fp16: bool = False,
               frames: int = 100, threads: int | None = None, end_to_end: bool = True, onnx: bool = True,
               downsample: str | float = "auto", weights: str | None = None,
-              engine: str = "torch") -> dict[str, Any]:
+              engine: str = "auto") -> dict[str, Any]:
     """Run the benchmark and return its report (see the module docstring for what each section means)."""
     _check_args(width, height, frames, threads)
     if threads is not None:
@@ -203,6 +203,7 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
     ratio = auto_downsample_ratio(height, width) if downsample == "auto" else check_ratio(float(downsample))
     warmup = max(3, min(10, frames // 5))
     clip = bench_frames(width, height, frames + warmup)
+    engine = pick_engine(engine, backbone=backbone, device=dev, weights=weights)
     matter = Matter(backbone, weights=weights, device=dev, fp16=fp16, downsample_ratio=ratio, engine=engine)
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -212,6 +213,9 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
                      "engine": matter.engine},
     }
     engines: dict[str, Callable[[np.ndarray], object]] = {"model": matter.step}
+    if matter.engine != "torch":  # the daemon's default on this machine is not torch: time torch as well
+        engines["model_torch"] = Matter(backbone, weights=weights, device=dev, fp16=fp16,
+                                        downsample_ratio=ratio).step
     ort_reason = None
     if not onnx:
         ort_reason = "skipped (--no-onnx)"
@@ -229,11 +233,16 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
         engines["roundtrip"] = _roundtrip(matter)
     times = _alternate(engines, clip, warmup, dev)
     report["model"] = summarize(times["model"])
+    if "model_torch" in times:
+        report["model_torch"] = summarize(times["model_torch"])
     if "roundtrip" in times:
         report["roundtrip"] = summarize(times["roundtrip"])
     if "onnxruntime" in times:
         report["onnxruntime"] = {"available": True, "version": ort_runner.version, **summarize(times["onnxruntime"])}
         report["ratio_vs_onnxruntime"] = round(report["model"]["fps"] / report["onnxruntime"]["fps"], 3)
+        if "model_torch" in report:
+            report["torch_ratio_vs_onnxruntime"] = round(
+                report["model_torch"]["fps"] / report["onnxruntime"]["fps"], 3)
     else:
         report["onnxruntime"] = {"available": False, "reason": ort_reason}
     del engines, matter
@@ -254,7 +263,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
              f"torch {report['machine']['torch']}",
              f"{'':24}{'fps':>9}{'p50 ms':>10}{'p95 ms':>10}"]
-    rows = [("model (ours)", report["model"]), ("roundtrip (GPU)", report.get("roundtrip")),
+    rows = [(f"model ({s['engine']} engine)", report["model"]), ("model (torch engine)", report.get("model_torch")),
+            ("roundtrip (GPU)", report.get("roundtrip")),
             ("onnxruntime (official)", report["onnxruntime"]), ("end-to-end", report["end_to_end"])]
     for name, row in rows:
         if row is None:
@@ -267,7 +277,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{name:24}{row['fps']:>9.2f}{p50 if p50 is not None else float('nan'):>10.1f}"
                      f"{p95 if p95 is not None else float('nan'):>10.1f}")
     if "ratio_vs_onnxruntime" in report:
-        lines.append(f"ours / onnxruntime throughput: {report['ratio_vs_onnxruntime']:.2f}x")
+        lines.append(f"ours / onnxruntime throughput: {report['ratio_vs_onnxruntime']:.2f}x"
+                     + (f" (torch engine {report['torch_ratio_vs_onnxruntime']:.2f}x)"
+                        if "torch_ratio_vs_onnxruntime" in report else ""))
     return "\n".join(lines)
 
 
@@ -291,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=100, help="timed frames (after the warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
     parser.add_argument("--downsample", type=_downsample_arg, default="auto")
-    parser.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
-                        help="the Matter backend timed as 'model' (onnxruntime: CPU, mobilenetv3)")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
+                        help="the Matter backend timed as 'model', as the daemon picks it by default (auto)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-e2e", dest="end_to_end", action="store_false", help="skip the pipeline run")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime comparison")

@@ -53,12 +53,14 @@ def test_main_prints_json_with_skipped_sections(capsys):
 def test_main_prints_a_table(capsys):
     assert bench.main(["--width", "64", "--height", "48", "--frames", "3", "--threads", "1", "--no-e2e"]) == 0
     out = capsys.readouterr().out
-    assert "model (ours)" in out and "onnxruntime (official)" in out and "ours / onnxruntime" in out
+    assert "model (onnxruntime engine)" in out and "model (torch engine)" in out  # auto picks onnxruntime on CPU
+    assert "onnxruntime (official)" in out and "ours / onnxruntime" in out and "torch engine" in out
 
 
 def test_onnxruntime_engine_is_timed_as_the_model(capsys):
     report = bench.run_bench(width=64, height=48, frames=3, threads=1, engine="onnxruntime", end_to_end=False)
     assert report["settings"]["engine"] == "onnxruntime" and report["model"]["fps"] > 0
+    assert report["model_torch"]["fps"] > 0 and report["torch_ratio_vs_onnxruntime"] > 0
 
 
 @pytest.mark.parametrize(("argv", "message"), [(["--width", "0"], "width must be a positive integer"),
