@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -33,41 +32,17 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-SourceFactory = Callable[[str, "Config"], Source]
-_REGISTRY: dict[str, SourceFactory] = {}
+def _device_path(spec: str) -> str | None:
+    return "camera" if spec.startswith("/dev/video") else None  # a bare V4L2 node is a camera
 
 
-def register_source(*keys: str) -> Callable[[SourceFactory], SourceFactory]:
-    """Register a factory for URL schemes (``"rtsp"``) or names (``"demo"``)."""
-
-    def deco(factory: SourceFactory) -> SourceFactory:
-        for key in keys:
-            _REGISTRY[key] = factory
-        return factory
-
-    return deco
-
-
-def source_key(spec: str) -> str:
-    """The registry key for a source spec: its URL scheme, its ``name:`` prefix, or ``file``."""
-    if "://" in spec:
-        return spec.split("://", 1)[0].lower()
-    head = spec.split(":", 1)[0].lower()
-    if head in _REGISTRY and head != "file":
-        return head
-    if spec.startswith("/dev/video"):
-        return "camera"
-    return "file"
+_REGISTRY: Registry[Source] = Registry("source", aliases=_device_path)
+register_source = _REGISTRY.register
+source_key = _REGISTRY.key
 
 
 def create_source(spec: str, config: Config) -> Source:
     """Instantiate the source named by ``spec`` (not yet opened)."""
     from . import camera, demo, stream  # noqa: F401  (register the built-in plug-ins)
 
-    key = source_key(spec)
-    try:
-        factory = _REGISTRY[key]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"source {spec!r}: unsupported scheme {key!r} (known: {known})") from None
-    return factory(spec, config)
+    return _REGISTRY.create(spec, config)
