@@ -34,6 +34,7 @@ from .matting import Matter, auto_downsample_ratio, check_ratio, pick_engine, re
 
 log = logging.getLogger(__name__)
 
+BLOCK_GAP_S = 0.2
 ALTERNATING_BLOCKS = 4
 
 
@@ -74,9 +75,6 @@ class OrtRunner:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle onnxruntime workers otherwise spin for a while after each run, taking the cores from the torch
-        # frames timed right after them (the engines alternate in blocks)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.version = ort.__version__
         self.session = ort.InferenceSession(str(fetch(MOBILENETV3_ONNX_MIRROR)), options,
                                             providers=["CPUExecutionProvider"])
@@ -115,6 +113,9 @@ def _alternate(engines: dict[str, Callable[[np.ndarray], object]], frames: list[
     edges = np.linspace(0, len(timed), min(ALTERNATING_BLOCKS, len(timed)) + 1).astype(int)
     for lo, hi in zip(edges, edges[1:]):
         for name, step in engines.items():
+            # let the previous engine's idle workers (onnxruntime and OpenMP spin-wait after a run) go to
+            # sleep, so they do not take cores from the next engine's first frames
+            time.sleep(BLOCK_GAP_S)
             times[name] += _timed(step, timed[lo:hi], device)
     return times
 
