@@ -128,8 +128,9 @@ def fetch(asset: Asset, *, offline: bool | None = None) -> Path:
 
     Raises ``WeightsError`` (an ``OSError``) naming the asset and the reason."""
     dest = cache_dir() / asset.filename
-    if dest.is_file():
-        if sha256_file(dest) == _expected_digest(asset, dest):
+    expected = _expected_digest(asset, dest)
+    if dest.is_file() and expected is not None:  # an unpinned file we never fetched is not trusted
+        if sha256_file(dest) == expected:
             return dest
         log.warning("cached %s fails its SHA-256 check; fetching it again", dest)
         dest.unlink()

