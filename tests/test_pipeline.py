@@ -231,3 +231,51 @@ def test_default_outputs():
     assert default_outputs(Config(source="demo")) == ("demo-matted.mp4",)
     assert default_outputs(Config(source="/x/clip.mov")) == ("clip-matted.mp4",)
     assert default_outputs(Config(outputs=("null",))) == ("null",)
+
+
+@pytest.fixture(scope="module")
+def background_files(tmp_path_factory):
+    """A striped image and a two-colour video, made here, as backgrounds."""
+    import av
+    import cv2
+
+    folder = tmp_path_factory.mktemp("bg")
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:] = (0, 0, 255)  # BGR: red
+    cv2.imwrite(str(folder / "red.png"), image)
+    with av.open(str(folder / "blue.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(3):
+            frame = np.zeros((48, 64, 3), np.uint8)
+            frame[:] = (0, 0, 255)  # RGB: blue
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return folder
+
+
+@pytest.mark.parametrize(("bg", "check"), [
+    ("lime", lambda px: px[1] > 240 and px[0] < 15 and px[2] < 15),
+    ("#ff00ff", lambda px: px[0] > 240 and px[1] < 15 and px[2] > 240),
+    ("red.png", lambda px: px[0] > 240 and px[1] < 15),
+    ("blue.mp4", lambda px: px[2] > 200 and px[0] < 40),
+    ("blur:8", lambda px: True),  # checked against the source below
+    ("transparent", lambda px: px[3] < 20),
+])
+def test_every_background_kind_through_the_pipeline(carphone_path, carphone_frames, matter_factory,
+                                                    background_files, bg, check):
+    spec = str(background_files / bg) if bg.endswith((".png", ".mp4")) else bg
+    record = RecordingSink()
+    Pipeline(Config(source=str(carphone_path), bg=spec, max_frames=3), matter=matter_factory(),
+             sinks=[record]).run()
+    frame = record.frames[-1][1]
+    background = frame.alpha < 5  # where the model saw no person
+    assert background.mean() > 0.1
+    pixel = frame.image[background].mean(0)
+    assert check(pixel), (bg, pixel)
+    if bg.startswith("blur"):
+        # the blurred background is the source itself, smoothed: close in colour, less detail
+        source = carphone_frames[2].astype(float)
+        assert np.abs(frame.image[background].astype(float) - source[background]).mean() < 40
+        assert frame.image[background].std() <= source[background].std()
+    assert frame.image.shape[2] == (4 if bg == "transparent" else 3)

@@ -54,7 +54,7 @@ def left_colour(frame) -> np.ndarray:
     return frame.image[:, : frame.width // 2].reshape(-1, frame.image.shape[2])[:, :3].mean(0)
 
 
-def test_source_outage_keeps_output_alive_and_recovers(matter_factory):
+def test_source_outage_keeps_output_alive_and_recovers(matter_factory, caplog):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
     config = Config(source=url, side_by_side=True, no_signal_timeout=0.5)
@@ -80,6 +80,10 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory):
             pipeline.wait(10)
             pipeline.close()
     assert matter.resets > resets_before  # the recurrent state starts afresh on the new stream
+    # one line when the source goes, one when it is back: not one per retry or per frame
+    lost = [r for r in caplog.records if "source lost" in r.getMessage()]
+    back = [r for r in caplog.records if "source back" in r.getMessage()]
+    assert len(lost) == stats["source_outages"] and len(back) >= 1
     assert stats["source_outages"] >= 1 and stats["source_outage_s"] > 0
     assert sink.opened and len(sink.opened) == 1  # the output kept its device the whole time
     reds = [left_colour(f) for _, f in sink.frames[:5]]
