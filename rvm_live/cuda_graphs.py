@@ -52,15 +52,16 @@ class GraphedStep:
         stream.synchronize()
         self.graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream):
-            self.fgr, self.pha = self._body()
+            self.fgr, self.pha, self.src = self._body()
         self.reset()
         log.info("captured a CUDA graph for %dx%d frames", width, height)
 
-    def _body(self) -> tuple[Tensor, Tensor]:
-        fgr, pha, *rec = self._call(to_model_input(self.frame, self._dtype), *self.state)
+    def _body(self) -> tuple[Tensor, Tensor, Tensor]:
+        src = to_model_input(self.frame, self._dtype)
+        fgr, pha, *rec = self._call(src, *self.state)
         for buffer, new in zip(self.state, rec):
             buffer.copy_(new)
-        return fgr, pha
+        return fgr, pha, src
 
     def reset(self) -> None:
         """Zero the recurrent state (the graph reads it in place)."""

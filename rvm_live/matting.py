@@ -146,6 +146,9 @@ class Matter:
         self._init_state()
 
     def _init_state(self) -> None:
+        # the frame ``step()`` last matted, as the network saw it ([1,3,H,W], model dtype, on the device):
+        # compositing needs it (blur backgrounds) and must not upload the frame a second time
+        self.last_src: torch.Tensor | None = None
         self._pinned: torch.Tensor | None = None
         self._uploaded: torch.cuda.Event | None = None
         self._graph: GraphedStep | None = None
@@ -239,7 +242,8 @@ class Matter:
         """Matte one RGB uint8 frame: returns ``fgr [1,3,H,W]`` and ``pha [1,1,H,W]`` on the device."""
         if not self.cuda_graphs:
             with torch.inference_mode():
-                return self.infer(self.upload(image))
+                self.last_src = self.upload(image)
+                return self.infer(self.last_src)
         image = self._as_tensor(image)
         self._prepare(image.shape[0], image.shape[1])
         current = torch.cuda.current_stream(self.device)
@@ -250,6 +254,7 @@ class Matter:
         with torch.cuda.stream(self._stream):
             fgr, pha = self._graph.replay()
         current.wait_stream(self._stream)
+        self.last_src = self._graph.src
         return fgr, pha
 
     def _capture(self) -> None:

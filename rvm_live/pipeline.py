@@ -227,9 +227,9 @@ class Pipeline:
                 self._background, self._pending_background = self._pending_background, None
             background = self._background
         with torch.inference_mode():
-            src = self.matter.upload(np.ascontiguousarray(image))
-            fgr, pha = self.matter.infer(src)
-            result = composite(fgr, pha, background, src, threshold=self.threshold)
+            # step(), not upload()+infer(): on CUDA it replays the captured graph
+            fgr, pha = self.matter.step(np.ascontiguousarray(image))
+            result = composite(fgr, pha, background, self.matter.last_src, threshold=self.threshold)
             out = result.image.cpu().numpy()
             alpha = result.alpha.cpu().numpy()
         if self.config.side_by_side:
