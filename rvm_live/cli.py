@@ -20,7 +20,7 @@ from .config import BACKBONES, ENGINES, Config, config_from_mapping, load_toml, 
 from .errors import ConfigError, RvmLiveError
 
 log = logging.getLogger("rvm_live")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,24 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--height", type=int)
     src.add_argument("--fps", type=float)
     src.add_argument("--fourcc", help="camera pixel format, e.g. MJPG for 1080p30 on USB webcams")
-    src.add_argument("--loop", action="store_true", help="restart a file at its end")
-    src.add_argument("--realtime", action="store_true", help="play a file at its own frame rate, as live")
+    src.add_argument("--loop", action=argparse.BooleanOptionalAction, help="restart a file at its end")
+    src.add_argument("--realtime", action=argparse.BooleanOptionalAction,
+                     help="play a file at its own frame rate, as live")
     inf = p.add_argument_group("inference")
     inf.add_argument("--backbone", choices=BACKBONES)
     inf.add_argument("--weights", metavar="PATH", help=".pth, .torchscript or .onnx weights")
-    inf.add_argument("--offline", action="store_true", help="never touch the network for weights")
+    inf.add_argument("--offline", action=argparse.BooleanOptionalAction, help="never touch the network for weights")
     inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
     inf.add_argument("--engine", choices=("auto", *ENGINES),
                      help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
                           "onnxruntime")
-    inf.add_argument("--compile", action="store_true", help="torch.compile the network (slow first start)")
+    inf.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                     help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")
     comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")
     comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")
-    comp.add_argument("--mirror", action="store_true")
-    comp.add_argument("--side-by-side", action="store_true", help="output the input and the result side by side")
+    comp.add_argument("--mirror", action=argparse.BooleanOptionalAction)
+    comp.add_argument("--side-by-side", action=argparse.BooleanOptionalAction,
+                      help="output the input and the result side by side")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", "-o", action="append", dest="outputs", metavar="SPEC",
                      help="vcam[:DEVICE] | rtsp:// rtmp:// srt:// udp:// | FILE.mp4/.mov/.webm | window | null "
@@ -89,17 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class ConfigSource:
+    """Where the run's Config comes from: an optional TOML file, overridden by the command-line flags.
+
+    Kept so that SIGHUP can re-read the file and apply the same flags on top again."""
+
+    def __init__(self, argv: list[str]) -> None:
+        flags = vars(build_parser().parse_args(argv))
+        self.path: str | None = flags.pop("config", None)
+        camera = flags.pop("camera", None)
+        if camera is not None:
+            flags["source"] = f"camera:{camera}"
+        if "outputs" in flags:
+            flags["outputs"] = tuple(flags["outputs"])
+        self.flags = flags
+
+    def load(self) -> Config:
+        """The file (if any) with the flags applied on top; ConfigError names a bad key or value."""
+        base = load_toml(self.path) if self.path else Config()
+        return config_from_mapping(self.flags, origin="command line", base=base)
+
+
 def make_config(argv: list[str]) -> tuple[Config, str | None]:
     """Parse flags into a Config: preset file first, flags override it. Returns (config, config path)."""
-    args = vars(build_parser().parse_args(argv))
-    config_path = args.pop("config", None)
-    camera = args.pop("camera", None)
-    if camera is not None:
-        args["source"] = f"camera:{camera}"
-    if "outputs" in args:
-        args["outputs"] = tuple(args["outputs"])
-    base = load_toml(config_path) if config_path else Config()
-    return config_from_mapping(args, origin="command line", base=base), config_path
+    source = ConfigSource(argv)
+    return source.load(), source.path
 
 
 def _setup_logging(level: str) -> None:
@@ -117,26 +134,28 @@ def _write_stats(path: str | None, stats: dict[str, Any] | None) -> None:
         Path(path).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
 
 
-def _install_signals(pipeline: Any, config_path: str | None) -> Callable[[], None]:
-    """SIGINT/SIGTERM stop the pipeline; SIGHUP re-reads --config. Returns a function restoring the old ones."""
+def _install_signals(pipeline: Any, source: ConfigSource) -> Callable[[], None]:
+    """SIGINT/SIGTERM stop the pipeline (a second one stops the process at once); SIGHUP re-reads --config.
+    Returns a function restoring the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def stop(signum: int, _frame: Any) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
+        log.info("%s: stopping (again to quit at once)", signal.Signals(signum).name)
         pipeline.stop()
+        signal.signal(signum, signal.SIG_DFL)
 
     def reload(_signum: int, _frame: Any) -> None:
-        if not config_path:
+        if not source.path:
             log.warning("SIGHUP: no --config file to re-read")
             return
         try:
-            ignored = pipeline.apply_config(load_toml(config_path))
+            ignored = pipeline.apply_config(source.load())
         except RvmLiveError as exc:
             log.error("SIGHUP: %s (keeping the current settings)", exc)
             return
-        log.info("SIGHUP: re-read %s%s", config_path, f"; needs a restart: {', '.join(ignored)}" if ignored else "")
+        log.info("SIGHUP: re-read %s%s", source.path, f"; needs a restart: {', '.join(ignored)}" if ignored else "")
 
     for s in previous:
         signal.signal(s, stop)
@@ -154,7 +173,8 @@ def _install_signals(pipeline: Any, config_path: str | None) -> Callable[[], Non
 def run(argv: list[str]) -> int:
     """The main job: build the pipeline, run until the end or a signal, write stats, exit code."""
     try:
-        config, config_path = make_config(argv)
+        config_source = ConfigSource(argv)
+        config = config_source.load()
     except RvmLiveError as exc:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
@@ -162,7 +182,6 @@ def run(argv: list[str]) -> int:
     from .pipeline import Pipeline
 
     pipeline = server = None
-    stats: dict[str, Any] | None = None
     restore = lambda: None  # noqa: E731
     try:
         pipeline = Pipeline(config)
@@ -171,28 +190,39 @@ def run(argv: list[str]) -> int:
             host, port = parse_address(config.control)
             server = ControlServer(pipeline, host, port, token=config.control_token).start()
             log.info("control API on http://%s:%d", *server.address)
-        restore = _install_signals(pipeline, config_path)
+        restore = _install_signals(pipeline, config_source)
         pipeline.start()
         pipeline.wait()
-        return EXIT_OK
+        code = EXIT_OK
     except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        code = _fail(str(exc), EXIT_USAGE)
     except (RvmLiveError, OSError, ValueError, TypeError) as exc:
-        return _fail(str(exc))
+        code = _fail(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler was installed (e.g. a download)
+        code = _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:  # a library's own error type (onnxruntime, CUDA): still one line, no traceback
+        log.debug("unexpected failure", exc_info=True)
+        code = _fail(f"{type(exc).__name__}: {exc}")
     finally:
         restore()
         if server is not None:
             server.close()
         if pipeline is not None:
             pipeline.close()
-            stats = pipeline.stats()
-            if stats["frames_in"]:
-                    log.info("frames in %d, out %d, dropped %d, %.1f fps", stats["frames_in"], stats["frames_out"],
-                         stats["frames_dropped"], stats["fps_out"])
-        try:
-            _write_stats(config.stats_json, stats)
-        except OSError as exc:
-            _fail(f"stats JSON {config.stats_json}: {exc}")
+    return _finish(pipeline, config, code)
+
+
+def _finish(pipeline: Any, config: Config, code: int) -> int:
+    """Log the summary and write the stats JSON (whatever happened); a failed write fails the run."""
+    stats = pipeline.stats() if pipeline is not None else None
+    if stats and stats["frames_in"]:
+        log.info("frames in %d, out %d, dropped %d, %.1f fps", stats["frames_in"], stats["frames_out"],
+                 stats["frames_dropped"], stats["fps_out"])
+    try:
+        _write_stats(config.stats_json, stats)
+    except OSError as exc:
+        return _fail(f"stats JSON {config.stats_json}: {exc}")
+    return code
 
 
 def devices(argv: list[str]) -> int:

@@ -207,9 +207,11 @@ class VideoBackground(Background):
     """A video file looped forever, one background frame per output frame, decoded by its own thread."""
 
     def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
-                 queue_size: int = 4, stall_s: float = 1.0, first_frame_s: float = 10.0):
+                 queue_size: int = 4, stall_s: float = 0.02, first_frame_s: float = 10.0):
         self.path = str(path)
         self.device, self.dtype = device, dtype
+        # stall_s: how long a frame waits for the decoder before the last background is reused; short, so
+        # a decoder hiccup never holds up a live pipeline (the first frame may wait first_frame_s)
         self._stall_s, self._first_frame_s = stall_s, first_frame_s
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()

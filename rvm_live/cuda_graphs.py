@@ -51,9 +51,11 @@ class GraphedStep:
             self.reset()
         stream.synchronize()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream):
+        # thread_local: the control thread may build a new background on this device during the capture
+        with torch.inference_mode(), torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
             self.fgr, self.pha, self.src = self._body()
-        self.reset()
+        with torch.inference_mode():
+            self.reset()
         log.info("captured a CUDA graph for %dx%d frames", width, height)
 
     def _body(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -106,7 +106,7 @@ class Matter:
 
     On CUDA the model runs in fp16 and channels_last memory; frames go through a pinned host buffer and
     cross the bus as uint8 on a dedicated stream, and ``step()`` replays a CUDA graph captured per frame
-    size (``cuda_graphs=False`` turns that off; its outputs are then only valid until the next ``step()``).
+    size, whose outputs are overwritten by the next ``step()`` (``cuda_graphs=False`` turns graphs off).
     ``compile=True`` wraps the network in ``torch.compile`` (slow first frames; opt-in)."""
 
     def __init__(self, backbone: str = "mobilenetv3", *, model: MattingNetwork | None = None,
@@ -167,6 +167,7 @@ class Matter:
         self.cuda_graphs, self._stream = False, None
         self._init_state()
 
+    @torch.inference_mode()  # the state tensors are inference tensors: zeroing them needs the same mode
     def reset(self) -> None:
         """Forget the recurrent state (new scene, source restart, or on request)."""
         self.state = [None] * 4
@@ -238,12 +239,12 @@ class Matter:
         self.state = state
         return fgr, pha
 
+    @torch.inference_mode()
     def step(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte one RGB uint8 frame: returns ``fgr [1,3,H,W]`` and ``pha [1,1,H,W]`` on the device."""
         if not self.cuda_graphs:
-            with torch.inference_mode():
-                self.last_src = self.upload(image)
-                return self.infer(self.last_src)
+            self.last_src = self.upload(image)
+            return self.infer(self.last_src)
         image = self._as_tensor(image)
         self._prepare(image.shape[0], image.shape[1])
         current = torch.cuda.current_stream(self.device)
@@ -262,8 +263,10 @@ class Matter:
         graph = GraphedStep(self._network, height=height, width=width, dtype=self.dtype, ratio=self.ratio,
                             always_refine=self.always_refine, device=self.device, stream=self._stream)
         if any(s is not None for s in self.state):  # came from eager steps: carry their state in
-            for buffer, s in zip(graph.state, self.state):
-                buffer.copy_(s)
+            # on the graph's stream, after the zeroing it queued there
+            with torch.cuda.stream(self._stream):
+                for buffer, s in zip(graph.state, self.state):
+                    buffer.copy_(s)
         self._graph = graph
         self.state = list(graph.state)
 

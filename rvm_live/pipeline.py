@@ -62,6 +62,10 @@ class Pipeline:
         self.sinks = sinks if sinks is not None else [create_sink(s, config) for s in default_outputs(config)]
         if not self.sinks:
             raise ConfigError("no outputs")
+        try:
+            check_background(config.bg)  # a typo fails now, before a model is loaded or downloaded
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if matter is None:
             engine = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
                                  device=resolve_device(config.device))
@@ -84,6 +88,7 @@ class Pipeline:
         self.stats_data = Stats()
         self.fps: float = DEFAULT_FPS
         self.source_up = False
+        self._reconnects = False
         self._closed = False
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name="capture")
         self.workers: list[SinkWorker] = []
@@ -100,13 +105,17 @@ class Pipeline:
         self.source.open()
         self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
+        # cameras and network streams come back after an outage; a file played --realtime just ends
+        self._reconnects = bool(getattr(self.source, "reconnect", self.source.live))
         live = bool(self.source.live)
         self.capture_queue = FrameQueue(self.config.queue_size, leaky=live, name="capture")
-        # Live sources: every queue leaks, so latency never builds up. Files: file outputs block (no frame
-        # lost) while live outputs still leak, so a stalled stream never holds up the file.
+        # Live sources: every queue leaks, so latency never builds up. Files: every queue blocks, so no frame
+        # is lost; a live output then sets the pace (it plays the file at its own rate), and one that is
+        # down drains its queue while it backs off, so it holds nothing up.
         self.workers = [
-            SinkWorker(s, self.config.queue_size, leaky=live or s.live, fps=self.fps, live_source=live,
-                       no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop_event)
+            SinkWorker(s, self.config.queue_size, leaky=live, fps=self.fps, live_source=live,
+                       no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop_event,
+                       source_up=lambda: self.source_up)
             for s in self.sinks]
 
     def start(self) -> Pipeline:
@@ -144,14 +153,14 @@ class Pipeline:
                 try:
                     image = self.source.read()
                 except SourceError as exc:
-                    if not self.source.live:
+                    if not self._reconnects:
                         raise
                     if not self._reconnect_source(exc):
                         break
                     generation += 1
                     continue
                 if image is None:
-                    if self.source.live and self._reconnect_source(SourceError(f"{self.source.name}: stream ended")):
+                    if self._reconnects and self._reconnect_source(SourceError(f"{self.source.name}: stream ended")):
                         generation += 1
                         continue
                     break
@@ -218,22 +227,26 @@ class Pipeline:
 
     def process(self, frame: Frame) -> Frame:
         """Matte and composite one frame on the inference device; returns the output frame."""
-        image = frame.image[:, ::-1] if self.mirror else frame.image
-        if self.paused.is_set():
-            return frame.with_image(np.ascontiguousarray(image))
+        image = np.ascontiguousarray(frame.image[:, ::-1] if self.mirror else frame.image)
         with self._bg_lock:
             if self._pending_background is not None:
                 self._background.close()
                 self._background, self._pending_background = self._pending_background, None
             background = self._background
-        with torch.inference_mode():
-            # step(), not upload()+infer(): on CUDA it replays the captured graph
-            fgr, pha = self.matter.step(np.ascontiguousarray(image))
-            result = composite(fgr, pha, background, self.matter.last_src, threshold=self.threshold)
-            out = result.image.cpu().numpy()
-            alpha = result.alpha.cpu().numpy()
+        if self.paused.is_set():  # unmatted, but the same layout and channels, so outputs keep their size
+            out = image
+            alpha = np.full(image.shape[:2], 255, np.uint8)
+            if background.transparent:
+                out = np.dstack([image, alpha])
+        else:
+            with torch.inference_mode():
+                # step(), not upload()+infer(): on CUDA it replays the captured graph
+                fgr, pha = self.matter.step(image)
+                result = composite(fgr, pha, background, self.matter.last_src, threshold=self.threshold)
+                out = result.image.cpu().numpy()
+                alpha = result.alpha.cpu().numpy()
         if self.config.side_by_side:
-            original = np.ascontiguousarray(image)
+            original = image
             if out.shape[2] == 4:
                 original = np.dstack([original, np.full(original.shape[:2], 255, np.uint8)])
             out = np.hstack([original, out])
@@ -289,9 +302,19 @@ class Pipeline:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(5.0)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            # closing a container under a thread still inside it (a blocked network write) could crash
+            # the process; the threads are daemons and end with it
+            log.warning("threads still busy at shutdown: %s; leaving their resources to the OS", ", ".join(stuck))
+            return
         self.source.close()
         for sink in self.sinks:
             sink.close()
+        with self._bg_lock:  # the inference thread closes them too, but may never have run
+            self._background.close()
+            if self._pending_background is not None:
+                self._pending_background.close()
 
     # ----- controller API (used by the control server and SIGHUP) -----------------------------------
     def health(self) -> dict[str, Any]:
@@ -301,7 +324,7 @@ class Pipeline:
 
     def stats(self) -> dict[str, Any]:
         """The stats JSON: counts, fps, capture→sink latency, model settings, per-sink and outages."""
-        dropped = self.capture_queue.dropped + sum(w.queue.dropped for w in self.workers)
+        dropped = self.capture_queue.dropped + sum(w.queue.dropped + w.lost for w in self.workers)
         return self.stats_data.snapshot(
             frames_dropped=dropped, backbone=self.matter.backbone, device=str(self.matter.device),
             downsample_ratio=self.matter.ratio, sinks={w.sink.name: w.info() for w in self.workers},

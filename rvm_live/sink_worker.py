@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import SinkError, VirtualCameraError
@@ -19,6 +19,7 @@ from .stats import Stats, no_signal_card
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1
+KEEPALIVE_PERIODS = 3
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
 
@@ -35,7 +36,8 @@ class SinkWorker:
     """Drives one sink from its queue until end of stream or ``stop``; ``run()`` is the thread body."""
 
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
-                 no_signal_timeout: float, stats: Stats, stop: threading.Event) -> None:
+                 no_signal_timeout: float, stats: Stats, stop: threading.Event,
+                 source_up: Callable[[], bool] = lambda: True) -> None:
         self.sink = sink
         self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
         self.period = 1.0 / fps
@@ -44,7 +46,9 @@ class SinkWorker:
         self.no_signal_timeout = no_signal_timeout
         self.stats = stats
         self.stop = stop
+        self.source_up = source_up
         self.frames = 0
+        self.lost = 0  # frames that arrived while the output was down
         self.reconnects = 0
         self.is_open = False
         self.last_frame: Frame | None = None
@@ -54,7 +58,7 @@ class SinkWorker:
 
     def info(self) -> dict[str, Any]:
         """Per-output counters for the stats JSON."""
-        return {"frames": self.frames, "dropped": self.queue.dropped, "reconnects": self.reconnects,
+        return {"frames": self.frames, "dropped": self.queue.dropped + self.lost, "reconnects": self.reconnects,
                 "connected": self.is_open}
 
     def run(self) -> None:
@@ -63,7 +67,9 @@ class SinkWorker:
             while True:
                 keepalive = self.sink.live and self.live_source and self.is_open
                 try:
-                    item = self.queue.get(timeout=self.period if keepalive else POLL_S)
+                    # a live output with nothing new for a few frame periods repeats its last frame (a device
+                    # must keep receiving); a merely slow inference does not trigger it
+                    item = self.queue.get(timeout=KEEPALIVE_PERIODS * self.period if keepalive else POLL_S)
                 except Empty:
                     if self.stop.is_set():
                         return
@@ -86,6 +92,7 @@ class SinkWorker:
 
     def _deliver(self, frame: Frame, *, real: bool = True) -> None:
         if not self.is_open and not self._open(frame):
+            self.lost += real
             return
         if real:
             self.stats.latency(frame.age_ms())
@@ -128,6 +135,7 @@ class SinkWorker:
         last = self.last_frame
         if last is None:
             return
-        if (time.monotonic_ns() - self.last_real_ns) / 1e9 >= self.no_signal_timeout:
+        silent_s = (time.monotonic_ns() - self.last_real_ns) / 1e9
+        if not self.source_up() and silent_s >= self.no_signal_timeout:
             last = last.with_image(no_signal_card(last.height, last.width, channels=last.image.shape[2]))
         self._deliver(Frame(last.index, time.monotonic_ns(), last.source_id, last.image, last.alpha), real=False)

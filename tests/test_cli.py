@@ -181,3 +181,21 @@ def test_offline_with_an_empty_cache_names_what_is_missing(tmp_path, carphone_pa
                           timeout=120, env=env)
     assert proc.returncode == 1 and "offline" in proc.stderr and "rvm_mobilenetv3.pth" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_reloading_the_config_keeps_the_command_line_on_top(tmp_path):
+    from rvm_live.cli import ConfigSource
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('bg = "green"\nmirror = true\n')
+    source = ConfigSource(["--config", str(cfg), "--bg", "red", "--no-mirror"])
+    assert (source.load().bg, source.load().mirror) == ("red", False)
+    cfg.write_text('bg = "blue"\nmirror = true\nmask_threshold = 0.5\n')
+    reloaded = source.load()
+    assert (reloaded.bg, reloaded.mirror, reloaded.mask_threshold) == ("red", False, 0.5)
+
+
+def test_unwritable_stats_json_fails_the_run(tmp_path):
+    proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "2", "--stats-json",
+                    str(tmp_path / "missing-dir" / "s.json"), cwd=tmp_path)
+    assert proc.returncode == 1 and "stats JSON" in proc.stderr and "Traceback" not in proc.stderr

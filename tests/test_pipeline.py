@@ -279,3 +279,26 @@ def test_every_background_kind_through_the_pipeline(carphone_path, carphone_fram
         assert np.abs(frame.image[background].astype(float) - source[background]).mean() < 40
         assert frame.image[background].std() <= source[background].std()
     assert frame.image.shape[2] == (4 if bg == "transparent" else 3)
+
+
+def test_file_to_live_output_loses_no_frame_and_realtime_file_ends(carphone_path, matter_factory):
+    live = RecordingSink("live", live=True)
+    stats = Pipeline(Config(source=str(carphone_path), max_frames=20), matter=matter_factory(), sinks=[live]).run()
+    assert [f.index for _, f in live.frames] == list(range(20)) and stats["frames_dropped"] == 0
+    # --realtime plays the file as live, but its end is the end, not an outage to retry forever
+    record = RecordingSink()
+    stats = Pipeline(Config(source=str(carphone_path), realtime=True), matter=matter_factory(),
+                     sinks=[record]).run()
+    assert stats["frames_in"] == 120 and stats["source_outages"] == 0
+
+
+def test_pause_keeps_the_output_layout(carphone_path, matter_factory):
+    for config in (Config(source=str(carphone_path), side_by_side=True), Config(source=str(carphone_path),
+                                                                                 bg="transparent")):
+        pipeline = Pipeline(config, matter=matter_factory(), sinks=[RecordingSink()])
+        pipeline.open_source()
+        matted = pipeline.process(next_frame(pipeline))
+        pipeline.pause()
+        paused = pipeline.process(next_frame(pipeline))
+        assert paused.image.shape == matted.image.shape
+        pipeline.close()

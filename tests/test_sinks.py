@@ -133,14 +133,31 @@ def test_odd_sizes_are_trimmed_to_even(tmp_path, carphone_frames):
     assert media.mean_abs_error(decoded[0], odd[0, :142, :174]) < 6
 
 
-def test_frame_of_another_size_is_refused(tmp_path, carphone_frames):
-    sink = create_sink(str(tmp_path / "size.mp4"), Config())
+def test_frame_of_another_size_is_scaled_not_fatal(tmp_path, carphone_frames, caplog):
+    out = tmp_path / "size.mp4"
+    sink = create_sink(str(out), Config())
     sink.open(176, 144, 30)
-    try:
-        with pytest.raises(SinkError, match="opened for 176x144"):
-            sink.write(Frame(0, 0, "t", np.zeros((72, 88, 3), np.uint8)))
-    finally:
-        sink.close()
+    sink.write(Frame(0, 0, "t", carphone_frames[0]))
+    for i in range(1, 4):  # the source switched to half size mid-recording
+        sink.write(Frame(i, 0, "t", np.ascontiguousarray(carphone_frames[i][::2, ::2])))
+    sink.close()
+    frames = media.decode_file(out)
+    assert len(frames) == 4 and all(f.shape == (144, 176, 3) for f in frames)
+    assert sum("scaling them to 176x144" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_file_timestamps_keep_the_gaps_of_dropped_frames(tmp_path, carphone_frames):
+    out = tmp_path / "gaps.mp4"
+    sink = create_sink(str(out), Config())
+    sink.open(176, 144, 30)
+    for index in (0, 1, 2, 6):  # frames 3-5 were dropped upstream (a live source, slow inference)
+        sink.write(Frame(index, 0, "t", carphone_frames[index]))
+    sink.close()
+    import av
+
+    with av.open(str(out)) as container:
+        times = [round(float(f.time) * 30) for f in container.decode(video=0)]
+    assert times == [0, 1, 2, 6]
 
 
 def test_unknown_suffix_is_a_config_error(tmp_path):

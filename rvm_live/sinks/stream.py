@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
+import cv2
 import numpy as np
 
 from ..errors import ConfigError, SinkError
@@ -158,7 +159,9 @@ class StreamSink:
         self._stream: av.video.stream.VideoStream | None = None
         self._size: tuple[int, int] = (0, 0)
         self._first_capture_ns: int | None = None
+        self._first_index = 0
         self._last_pts = -1
+        self._resize_warned = False
 
     def _plan(self, width: int, height: int, fps: float) -> tuple[str, EncoderPlan, dict[str, str]]:
         if not self.live:
@@ -206,7 +209,7 @@ class StreamSink:
             what = f"{plan.codec}/{fmt}"
             raise SinkError(f"output {self.target}: cannot start {what}: {_one_line(exc)}{hint}") from exc
         self._container, self._stream = container, stream
-        self._first_capture_ns, self._last_pts = None, -1
+        self._first_capture_ns, self._first_index, self._last_pts = None, 0, -1
         log.info("output %s: %s %dx%d @ %s fps", self.target, plan.codec, *self._size, rate)
 
     @staticmethod
@@ -217,12 +220,15 @@ class StreamSink:
             log.debug("closing a failed output: %s", exc)
 
     def _pts(self, frame: Frame, time_base: Fraction) -> int:
-        pts = self._last_pts + 1  # files: one frame period each, so they play at the source rate
+        if self._first_capture_ns is None:
+            self._first_capture_ns, self._first_index = frame.capture_ns, frame.index
         if self.live:
             # Streams keep capture timing: dropped frames leave a gap instead of speeding playback up.
-            if self._first_capture_ns is None:
-                self._first_capture_ns = frame.capture_ns
-            pts = max(pts, round((frame.capture_ns - self._first_capture_ns) / 1e9 / time_base))
+            pts = round((frame.capture_ns - self._first_capture_ns) / 1e9 / time_base)
+        else:
+            # Files: one frame period per source frame; frames a live source dropped leave their gap too
+            pts = frame.index - self._first_index
+        pts = max(pts, self._last_pts + 1)
         self._last_pts = pts
         return pts
 
@@ -232,8 +238,13 @@ class StreamSink:
             raise TypeError(f"output {self.name}: expected HxWx3/4 uint8, got {image.shape} {image.dtype}")
         width, height = self._size
         if image.shape[1] - image.shape[1] % 2 != width or image.shape[0] - image.shape[0] % 2 != height:
-            raise SinkError(f"output {self.name}: frame is {image.shape[1]}x{image.shape[0]}, "
-                            f"opened for {width}x{height}")
+            # a source that changes size mid-run (a camera renegotiating, a stream switching) must not end a
+            # recording: scale to the size the output was opened with, and say so once
+            if not self._resize_warned:
+                log.warning("output %s: frames are now %dx%d; scaling them to %dx%d", self.name, image.shape[1],
+                            image.shape[0], width, height)
+                self._resize_warned = True
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         image = image[:height, :width]
         if self.accepts_alpha and image.shape[2] == 3:
             image = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])

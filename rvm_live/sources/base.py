@@ -17,6 +17,8 @@ class Source(Protocol):
     """A producer of RGB uint8 ``H x W x 3`` frames.
 
     ``live`` sources feed a leaky queue (freshest frame wins); others block so that no frame is lost.
+    A source may set ``reconnect`` (default: ``live``): whether the pipeline reopens it after a failure or
+    an end of stream (cameras, network streams) instead of ending (files, even played ``--realtime``).
     ``read()`` returns None at end of stream and raises ``SourceError`` when the source fails;
     ``open()`` may be called again after a failure to reconnect. ``close()`` is idempotent.
     """

@@ -75,6 +75,7 @@ class StreamSource:
         self.is_network = scheme in NETWORK_SCHEMES
         self.name = spec
         self.live = self.is_network or realtime
+        self.reconnect = self.is_network  # an outage is worth retrying; the end of a file is just the end
         self.fps: float | None = None
         self.loop = loop and not self.is_network
         self._realtime = realtime and not self.is_network
