@@ -50,8 +50,8 @@ class StatsCollector(Collector):
 
     _COUNTERS = {
         "frames_in": "Frames received from the source",
-        "frames_out": "Frames delivered to the outputs",
-        "frames_dropped": "Frames dropped by the leaky queues",
+        "frames_out": "Frames matted and handed to the outputs",
+        "frames_dropped": "Frames dropped by the leaky queues or while an output was down",
     }
 
     def __init__(self, controller: Controller):

@@ -172,7 +172,7 @@ class StreamSink:
                          bitrate=bitrate)
         us = str(int(CONNECT_TIMEOUT_S * 1e6))
         opts = {"rtsp": {"rtsp_transport": "tcp", "timeout": us},
-                "rtmp": {},
+                "rtmp": {"rw_timeout": us},  # a stalled server must not block the output forever
                 "srt": {"connect_timeout": str(int(CONNECT_TIMEOUT_S * 1000))},
                 "udp": {}}[self.scheme or "udp"]
         return URL_FORMATS[self.scheme or "udp"], plan, opts

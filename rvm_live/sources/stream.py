@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 NETWORK_SCHEMES = ("rtsp", "rtmp", "http", "https", "udp", "srt")
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
+MAX_PACING_SLEEP_S = 1.0
 DEFAULT_FPS = 30.0
 
 # Probing a live stream for seconds before the first frame is latency the user sees; these keep the
@@ -146,7 +147,7 @@ class StreamSource:
             return
         delay = self._clock[0] + (t - self._clock[1]) - now
         if delay > 0:
-            time.sleep(delay)
+            time.sleep(min(delay, MAX_PACING_SLEEP_S))  # a timestamp jump must not freeze the source
 
     def read(self) -> np.ndarray | None:
         """The next RGB uint8 frame, or None at the end (files without ``loop``, a stream that ended)."""
