@@ -104,13 +104,18 @@ def test_stopped_early_file_is_playable(tmp_path, carphone_frames):
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
-def test_file_with_no_frames_leaves_no_broken_file(tmp_path, suffix):
+def test_file_with_no_frames_leaves_no_broken_file_and_keeps_an_earlier_one(tmp_path, suffix):
     path = tmp_path / f"empty{suffix}"
     sink = create_sink(str(path), Config())
     sink.open(176, 144, 30)
-    assert path.exists()
+    assert (tmp_path / f"empty{suffix}.part").exists()  # written under a temporary name
     sink.close()
-    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"an earlier run's output")
+    sink = create_sink(str(path), Config())
+    sink.open(176, 144, 30)
+    sink.close()  # this run failed before its first frame: the earlier file is untouched
+    assert path.read_bytes() == b"an earlier run's output"
 
 
 def test_reopen_rewrites_the_file(tmp_path, carphone_frames):

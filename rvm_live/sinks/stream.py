@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -188,7 +189,7 @@ class StreamSink:
         # Chroma-subsampled formats need even sizes; dropping one edge row/column is invisible.
         self._size = (width - width % 2, height - height % 2)
         try:
-            container = av.open(self.target, "w", format=fmt, options=opts)
+            container = av.open(self._writing_path(), "w", format=fmt, options=opts)
         except (av.FFmpegError, OSError) as exc:
             raise SinkError(f"output {self.target}: cannot open: {_one_line(exc)}") from exc
         try:
@@ -204,6 +205,8 @@ class StreamSink:
             container.start_encoding()  # connect / write the header now, not at the first frame
         except (av.FFmpegError, OSError, ValueError) as exc:
             self._abandon(container)
+            if not self.live:
+                Path(self._writing_path()).unlink(missing_ok=True)
             missing = isinstance(exc, av.ProtocolNotFoundError)
             hint = " (this FFmpeg build lacks that protocol)" if missing else ""
             what = f"{plan.codec}/{fmt}"
@@ -211,6 +214,11 @@ class StreamSink:
         self._container, self._stream = container, stream
         self._first_capture_ns, self._first_index, self._last_pts = None, 0, -1
         log.info("output %s: %s %dx%d @ %s fps", self.target, plan.codec, *self._size, rate)
+
+    def _writing_path(self) -> str:
+        """Files are written under a ``.part`` name and renamed when finalised: a run that fails before its
+        first frame never replaces (or deletes) a file an earlier run produced."""
+        return self.target if self.live else f"{self.target}.part"
 
     @staticmethod
     def _abandon(container: av.container.OutputContainer) -> None:
@@ -286,9 +294,11 @@ class StreamSink:
         if not self.live and self._last_pts < 0:
             # A container without a single frame is not playable (Matroska has no track yet); an
             # unopenable file left behind looks like a bug, no file says what happened.
-            Path(self.target).unlink(missing_ok=True)
-            log.warning("output %s: no frames were written; removed the empty file", self.target)
+            Path(self._writing_path()).unlink(missing_ok=True)
+            log.warning("output %s: no frames were written; nothing was saved", self.target)
             return
+        if not self.live:
+            os.replace(self._writing_path(), self.target)
         log.info("output %s closed after %d frames", self.target, self.frames_written)
 
 
