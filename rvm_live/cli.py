@@ -21,6 +21,7 @@ from .errors import ConfigError, RvmLiveError
 
 log = logging.getLogger("rvm_live")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SHUTDOWN_GRACE_S = 5.0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -145,6 +146,8 @@ def _install_signals(pipeline: Any, source: ConfigSource) -> Callable[[], None]:
         log.info("%s: stopping (again to quit at once)", signal.Signals(signum).name)
         pipeline.stop()
         signal.signal(signum, signal.SIG_DFL)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload while shutting down
 
     def reload(_signum: int, _frame: Any) -> None:
         if not source.path:
@@ -192,7 +195,7 @@ def run(argv: list[str]) -> int:
             log.info("control API on http://%s:%d", *server.address)
         restore = _install_signals(pipeline, config_source)
         pipeline.start()
-        pipeline.wait()
+        _wait(pipeline)
         code = EXIT_OK
     except ConfigError as exc:
         code = _fail(str(exc), EXIT_USAGE)
@@ -204,12 +207,21 @@ def run(argv: list[str]) -> int:
         log.debug("unexpected failure", exc_info=True)
         code = _fail(f"{type(exc).__name__}: {exc}")
     finally:
-        restore()
         if server is not None:
             server.close()
         if pipeline is not None:
             pipeline.close()
+        restore()  # only now: a signal during close() still reaches our handlers
     return _finish(pipeline, config, code)
+
+
+def _wait(pipeline: Any) -> None:
+    """Wait for the end of the run; once asked to stop, give the stages ``SHUTDOWN_GRACE_S`` to finish."""
+    while not pipeline.wait(timeout=0.2):
+        if pipeline.stop_event.is_set():
+            if not pipeline.wait(timeout=SHUTDOWN_GRACE_S):
+                log.warning("stages still busy %.0f s after the stop request; closing anyway", SHUTDOWN_GRACE_S)
+            return
 
 
 def _finish(pipeline: Any, config: Config, code: int) -> int:

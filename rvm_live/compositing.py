@@ -203,6 +203,10 @@ def _open_video(path: str) -> av.container.InputContainer:
     return container
 
 
+LIVE_STALL_S = 0.02  # a live pipeline waits at most this long for the next background frame
+FILE_STALL_S = 5.0
+
+
 class VideoBackground(Background):
     """A video file looped forever, one background frame per output frame, decoded by its own thread."""
 
@@ -351,16 +355,19 @@ def check_background(spec: str) -> str:
     return kind
 
 
-def parse_background(spec: str, *, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> Background:
-    """The Background named by ``spec``: colour, image or video file, ``blur[:RADIUS]``, ``transparent``."""
+def parse_background(spec: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     live: bool = True) -> Background:
+    """The Background named by ``spec``: colour, image or video file, ``blur[:RADIUS]``, ``transparent``.
+
+    ``live``: a video background repeats its last frame rather than hold up a live pipeline; for a file
+    job (``live=False``) every output frame waits for its own background frame."""
     kind, value = _classify(spec)
     if kind == "color":
         return ColorBackground(value, device=device, dtype=dtype)
     if kind == "image":
         return ImageBackground(value, device=device, dtype=dtype)
     if kind == "video":
-        return VideoBackground(value, device=device, dtype=dtype)
+        return VideoBackground(value, device=device, dtype=dtype, stall_s=LIVE_STALL_S if live else FILE_STALL_S)
     if kind == "blur":
         return BlurBackground(value)
     return TransparentBackground()

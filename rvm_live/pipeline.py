@@ -38,6 +38,7 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often a waiting loop looks at the stop event
+LIVE_OUTPUT_WAIT_S = 1.0  # how long a file job waits on a stuck live output before dropping a frame for it
 DEFAULT_FPS = 30.0
 
 
@@ -74,11 +75,12 @@ class Pipeline:
                             offline=config.offline or None)
             log.info("inference: %s on %s (%s engine)", config.backbone, matter.device, matter.engine)
         self.matter = matter
-        self._background = self._load_background(config.bg)
+        self._background: Background | None = None  # built once the source is open (its kind matters)
         self.background_spec = config.bg
         self._pending_background: Background | None = None
         self._bg_lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.failed = threading.Event()  # a stage failed: outputs close without publishing (files stay .part)
         self._errors: queue.Queue[tuple[str, BaseException]] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._reset_requested = threading.Event()
@@ -95,8 +97,10 @@ class Pipeline:
 
     # ----- setup -------------------------------------------------------------------------------------
     def _load_background(self, spec: str) -> Background:
+        # a live pipeline never waits on a background video's decoder; a file job gets every frame of it
+        live = bool(getattr(self.source, "live", True)) if self.source_up else True
         try:
-            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype)
+            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype, live=live)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -107,6 +111,8 @@ class Pipeline:
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
         self._reconnects = bool(getattr(self.source, "reconnect", self.source.live))
+        if self._background is None:
+            self._background = self._load_background(self.config.bg)
         live = bool(self.source.live)
         self.capture_queue = FrameQueue(self.config.queue_size, leaky=live, name="capture")
         # Live sources: every queue leaks, so latency never builds up. Files: every queue blocks, so no frame
@@ -115,7 +121,7 @@ class Pipeline:
         self.workers = [
             SinkWorker(s, self.config.queue_size, leaky=live, fps=self.fps, live_source=live,
                        no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop_event,
-                       source_up=lambda: self.source_up)
+                       source_up=lambda: self.source_up, failed=self.failed.is_set)
             for s in self.sinks]
 
     def start(self) -> Pipeline:
@@ -170,6 +176,9 @@ class Pipeline:
                     if self.stop_event.is_set():
                         return
                 index += 1
+        except BaseException:
+            self.failed.set()
+            raise
         finally:
             self.capture_queue.put(END, force=True)
             self.source.close()
@@ -214,16 +223,28 @@ class Pipeline:
                 out = self.process(item)
                 self.stats_data.frame_out()
                 for worker in self.workers:
-                    while not worker.queue.put(out, timeout=POLL_S):
-                        if self.stop_event.is_set():
-                            return
+                    if not self._hand_over(worker, out):
+                        return
+        except BaseException:
+            self.failed.set()  # before END reaches the outputs: they must not publish a truncated file
+            raise
         finally:
             for worker in self.workers:
                 worker.queue.put(END, force=True)
-            with self._bg_lock:
-                self._background.close()
-                if self._pending_background is not None:
-                    self._pending_background.close()
+            self._close_backgrounds()
+
+    def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:
+        """Queue ``frame`` for one output; False when stopping. A file output waits as long as it takes (no
+        frame lost); a live output that has not taken a frame for ``LIVE_OUTPUT_WAIT_S`` (stuck writing or
+        connecting) loses this one instead of holding up inference and every other output."""
+        deadline = time.monotonic() + LIVE_OUTPUT_WAIT_S if worker.sink.live else None
+        while not worker.queue.put(frame, timeout=POLL_S):
+            if self.stop_event.is_set():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                worker.count_lost()
+                return True
+        return True
 
     def process(self, frame: Frame) -> Frame:
         """Matte and composite one frame on the inference device; returns the output frame."""
@@ -281,8 +302,8 @@ class Pipeline:
             thread.join(2.0)
         if isinstance(exc, RvmLiveError):  # an expected failure: its message says it all
             raise PipelineError(str(exc)) from exc
-        # a bug or a driver failure: keep the whole story in the log
-        log.error("%s failed", name, exc_info=(type(exc), exc, exc.__traceback__))
+        # a bug or a driver failure: the whole story at debug level, one line for the user
+        log.debug("%s failed", name, exc_info=(type(exc), exc, exc.__traceback__))
         raise PipelineError(f"{name}: {type(exc).__name__}: {exc}") from exc
 
     def run(self) -> dict[str, Any]:
@@ -311,10 +332,13 @@ class Pipeline:
         self.source.close()
         for sink in self.sinks:
             sink.close()
-        with self._bg_lock:  # the inference thread closes them too, but may never have run
-            self._background.close()
-            if self._pending_background is not None:
-                self._pending_background.close()
+        self._close_backgrounds()  # the inference thread closes them too, but may never have run
+
+    def _close_backgrounds(self) -> None:
+        with self._bg_lock:
+            for background in (self._background, self._pending_background):
+                if background is not None:
+                    background.close()
 
     # ----- controller API (used by the control server and SIGHUP) -----------------------------------
     def health(self) -> dict[str, Any]:
@@ -333,7 +357,7 @@ class Pipeline:
     def set_background(self, spec: str) -> None:
         """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""
         check_background(spec)
-        new = parse_background(spec, device=self.matter.device, dtype=self.matter.dtype)
+        new = self._load_background(spec)
         with self._bg_lock:
             if self._pending_background is not None:
                 self._pending_background.close()

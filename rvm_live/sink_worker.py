@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 KEEPALIVE_PERIODS = 3
+KEEPALIVE_MIN_S = 1.0
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
 
@@ -37,24 +38,37 @@ class SinkWorker:
 
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
-                 source_up: Callable[[], bool] = lambda: True) -> None:
+                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False) -> None:
         self.sink = sink
         self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
         self.period = 1.0 / fps
+        # repeat the last frame only after a real silence: never because inference is slower than the source
+        self.keepalive_s = max(KEEPALIVE_PERIODS * self.period, KEEPALIVE_MIN_S)
         self.fps = fps
         self.live_source = live_source
         self.no_signal_timeout = no_signal_timeout
         self.stats = stats
         self.stop = stop
         self.source_up = source_up
+        self.failed = failed
         self.frames = 0
-        self.lost = 0  # frames that arrived while the output was down
+        self._lost = 0  # frames this output never sent: it was down, or stuck (see ``count_lost``)
+        self._lost_lock = threading.Lock()
         self.reconnects = 0
         self.is_open = False
         self.last_frame: Frame | None = None
         self.last_real_ns = 0
         self.retry_at = 0.0  # monotonic time before which a lost output is not retried
         self.backoff: Iterator[float] | None = None
+
+    @property
+    def lost(self) -> int:
+        return self._lost
+
+    def count_lost(self, n: int = 1) -> None:
+        """Count frames this output never sent (called from this worker and from the inference thread)."""
+        with self._lost_lock:
+            self._lost += n
 
     def info(self) -> dict[str, Any]:
         """Per-output counters for the stats JSON."""
@@ -69,7 +83,7 @@ class SinkWorker:
                 try:
                     # a live output with nothing new for a few frame periods repeats its last frame (a device
                     # must keep receiving); a merely slow inference does not trigger it
-                    item = self.queue.get(timeout=KEEPALIVE_PERIODS * self.period if keepalive else POLL_S)
+                    item = self.queue.get(timeout=self.keepalive_s if keepalive else POLL_S)
                 except Empty:
                     if self.stop.is_set():
                         return
@@ -88,11 +102,15 @@ class SinkWorker:
                 self._deliver(item)
         finally:
             self.is_open = False
-            self.sink.close()
+            abort = getattr(self.sink, "abort", None)
+            if self.failed() and abort is not None:
+                abort()  # the run failed: a file keeps its partial output under its temporary name
+            else:
+                self.sink.close()
 
     def _deliver(self, frame: Frame, *, real: bool = True) -> None:
         if not self.is_open and not self._open(frame):
-            self.lost += real
+            self.count_lost(real)
             return
         if real:
             self.stats.latency(frame.age_ms())
@@ -102,12 +120,13 @@ class SinkWorker:
             self.is_open = False
             if not self.sink.live:
                 raise
+            self.count_lost(real)
             log.warning("output %s lost: %s; reconnecting with backoff", self.sink.name, exc)
             self.reconnects += 1
             self.retry_at, self.backoff = time.monotonic(), backoff_delays()
             return
         self.last_frame = frame
-        self.frames += 1
+        self.frames += real
 
     def _open(self, frame: Frame) -> bool:
         if time.monotonic() < self.retry_at:

@@ -187,6 +187,7 @@ def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, mobilen
     record = RecordingSink()
     pipeline = Pipeline(Config(source=str(carphone_path)), sinks=[record],
                         matter=BrokenMatter("mobilenetv3", model=mobilenet, device="cpu"))
+    caplog.set_level("DEBUG", logger="rvm_live.pipeline")  # the traceback is kept at debug level
     with pytest.raises(PipelineError, match="rvm-inference: RuntimeError: CUDA error") as err:
         pipeline.run()
     assert isinstance(err.value.__cause__, RuntimeError)
@@ -302,3 +303,52 @@ def test_pause_keeps_the_output_layout(carphone_path, matter_factory):
         paused = pipeline.process(next_frame(pipeline))
         assert paused.image.shape == matted.image.shape
         pipeline.close()
+
+
+def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, matter_factory, monkeypatch):
+    import rvm_live.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "LIVE_OUTPUT_WAIT_S", 0.2)
+    gate = threading.Event()
+    stuck, recording = RecordingSink("stuck", live=True, block=gate), RecordingSink("file")
+    pipeline = Pipeline(Config(source=str(carphone_path), max_frames=12), matter=matter_factory(),
+                        sinks=[stuck, recording])
+    try:
+        pipeline.start()
+        deadline = time.monotonic() + 120
+        while len(recording.frames) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [f.index for _, f in recording.frames] == list(range(12))  # the file output lost nothing
+        assert pipeline.stats()["sinks"]["stuck"]["dropped"] > 0  # the stuck output's losses are counted
+    finally:
+        gate.set()
+        pipeline.stop()
+        pipeline.wait(10)
+        pipeline.close()
+
+
+class FailsLater(Matter):
+    """The real model, until the fourth frame: then the device fails."""
+
+    calls = 0
+
+    def infer(self, src):
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("device lost")
+        return super().infer(src)
+
+
+def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobilenet):
+    from rvm_live.sinks.stream import StreamSink
+
+    out = tmp_path / "result.mp4"
+    out.write_bytes(b"yesterday's good result")
+    config = Config(source=str(carphone_path))
+    pipeline = Pipeline(config, matter=FailsLater("mobilenetv3", model=mobilenet, device="cpu"),
+                        sinks=[StreamSink(str(out), config)])
+    with pytest.raises(PipelineError, match="device lost"):
+        pipeline.run()
+    assert out.read_bytes() == b"yesterday's good result"
+    partial = decode_file(tmp_path / "result.mp4.part")  # what was made before the failure, playable
+    assert len(partial) == 3

@@ -17,7 +17,8 @@ class Sink(Protocol):
 
     ``open()`` is called by the sink thread with the first frame's size; ``live`` sinks are paced to
     ``fps`` and may be reconnected after a ``SinkError`` by calling ``open()`` again. ``close()`` is
-    idempotent and finalises files.
+    idempotent and finalises files. A sink may also offer ``abort()``: close after a failed run without
+    publishing (a file keeps its temporary name).
     """
 
     name: str

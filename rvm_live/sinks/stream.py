@@ -163,6 +163,7 @@ class StreamSink:
         self._first_index = 0
         self._last_pts = -1
         self._resize_warned = False
+        self._publish = True
 
     def _plan(self, width: int, height: int, fps: float) -> tuple[str, EncoderPlan, dict[str, str]]:
         if not self.live:
@@ -185,6 +186,9 @@ class StreamSink:
         self.close()
         if not self.live and not Path(self.target).parent.is_dir():
             raise SinkError(f"output {self.target}: directory {Path(self.target).parent} does not exist")
+        if not self.live and Path(self.target).is_dir():
+            raise SinkError(f"output {self.target}: is a directory")
+        self._publish = True
         fmt, plan, opts = self._plan(width, height, fps)
         # Chroma-subsampled formats need even sizes; dropping one edge row/column is invisible.
         self._size = (width - width % 2, height - height % 2)
@@ -273,8 +277,15 @@ class StreamSink:
         except (av.FFmpegError, OSError) as exc:
             container, self._container, self._stream = self._container, None, None
             self._abandon(container)
-            raise SinkError(f"output {self.target}: write failed: {_one_line(exc)}") from exc
+            kept = "" if self.live else f" (what was written is in {self._writing_path()})"
+            raise SinkError(f"output {self.target}: write failed: {_one_line(exc)}{kept}") from exc
         self.frames_written += 1
+
+    def abort(self) -> None:
+        """Close after a failed run: the container is finalised (playable) but a file keeps its ``.part``
+        name, so it does not replace an earlier complete file."""
+        self._publish = False
+        self.close()
 
     def close(self) -> None:
         """Flush the encoder and finalise the container; safe to call more than once."""
@@ -298,7 +309,15 @@ class StreamSink:
             log.warning("output %s: no frames were written; nothing was saved", self.target)
             return
         if not self.live:
-            os.replace(self._writing_path(), self.target)
+            if not self._publish:
+                log.warning("output %s: the run failed; its %d frames are in %s", self.target,
+                            self.frames_written, self._writing_path())
+                return
+            try:
+                os.replace(self._writing_path(), self.target)
+            except OSError as exc:
+                log.error("output %s: cannot rename %s into place (%s)", self.target, self._writing_path(), exc)
+                return
         log.info("output %s closed after %d frames", self.target, self.frames_written)
 
 

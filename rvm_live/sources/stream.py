@@ -146,8 +146,11 @@ class StreamSource:
             self._clock = (now, t)
             return
         delay = self._clock[0] + (t - self._clock[1]) - now
-        if delay > 0:
-            time.sleep(min(delay, MAX_PACING_SLEEP_S))  # a timestamp jump must not freeze the source
+        if abs(delay) > MAX_PACING_SLEEP_S:
+            # a timestamp jump (either way): play on from here rather than freeze or race to catch up
+            self._clock = (now, t)
+        elif delay > 0:
+            time.sleep(delay)
 
     def read(self) -> np.ndarray | None:
         """The next RGB uint8 frame, or None at the end (files without ``loop``, a stream that ended)."""
