@@ -174,7 +174,7 @@ class StreamSink:
                          bitrate=bitrate)
         us = str(int(CONNECT_TIMEOUT_S * 1e6))
         opts = {"rtsp": {"rtsp_transport": "tcp", "timeout": us},
-                "rtmp": {"rw_timeout": us},  # a stalled server must not block the output forever
+                "rtmp": {"rw_timeout": us},  # best effort: PyAV connects without it, later I/O may use it
                 "srt": {"connect_timeout": str(int(CONNECT_TIMEOUT_S * 1000))},
                 "udp": {}}[self.scheme or "udp"]
         return URL_FORMATS[self.scheme or "udp"], plan, opts
