@@ -114,12 +114,6 @@ class ConfigSource:
         return config_from_mapping(self.flags, origin="command line", base=base)
 
 
-def make_config(argv: list[str]) -> tuple[Config, str | None]:
-    """Parse flags into a Config: preset file first, flags override it. Returns (config, config path)."""
-    source = ConfigSource(argv)
-    return source.load(), source.path
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

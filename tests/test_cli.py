@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from media import decode_file
 
-from rvm_live.cli import make_config
+from rvm_live.cli import ConfigSource
 from rvm_live.config import Config, load_toml, preset_names
 from rvm_live.errors import ConfigError
 
@@ -120,8 +120,9 @@ def test_required_presets_exist():
 def test_flags_override_the_config_file(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('bg = "blue"\nmax_frames = 5\noutputs = ["a.mp4"]\n')
-    config, path = make_config(["--config", str(cfg), "--bg", "red", "--camera", "2", "-o", "b.mp4", "-o", "null"])
-    assert path == str(cfg)
+    source = ConfigSource(["--config", str(cfg), "--bg", "red", "--camera", "2", "-o", "b.mp4", "-o", "null"])
+    config = source.load()
+    assert source.path == str(cfg)
     assert (config.bg, config.max_frames, config.source, config.outputs) == ("red", 5, "camera:2", ("b.mp4", "null"))
     bad = tmp_path / "x.toml"
     bad.write_text("nope = 1\n")
@@ -184,8 +185,6 @@ def test_offline_with_an_empty_cache_names_what_is_missing(tmp_path, carphone_pa
 
 
 def test_reloading_the_config_keeps_the_command_line_on_top(tmp_path):
-    from rvm_live.cli import ConfigSource
-
     cfg = tmp_path / "c.toml"
     cfg.write_text('bg = "green"\nmirror = true\n')
     source = ConfigSource(["--config", str(cfg), "--bg", "red", "--no-mirror"])
