@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--engine", choices=("auto", *ENGINES),
                      help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
                           "onnxruntime")
+    inf.add_argument("--chunk", type=int, metavar="T",
+                     help="file jobs: frames per network call (0 = auto: 4 on CUDA, else 1)")
     inf.add_argument("--compile", action=argparse.BooleanOptionalAction,
                      help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")

@@ -41,6 +41,7 @@ class Config:
     downsample: str | float = "auto"
     engine: str = "auto"  # auto | torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
     compile: bool = False  # torch.compile the network (slow first start; cached afterwards)
+    chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
     # compositing
     bg: str = "green"
     mask_threshold: float | None = None
@@ -80,6 +81,8 @@ class Config:
                 raise ConfigError(f"{name}: {v!r} must be a positive integer")
         if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0):
             raise ConfigError(f"fps: {self.fps!r} must be a positive number")
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or not 0 <= self.chunk <= 16:
+            raise ConfigError(f"chunk: {self.chunk!r} must be an integer from 0 (auto) to 16")
         if not isinstance(self.queue_size, int) or not 1 <= self.queue_size <= 8:
             raise ConfigError(f"queue_size: {self.queue_size!r} must be an integer from 1 to 8")
         if self.mask_threshold is not None and not 0 <= float(self.mask_threshold) < 1:

@@ -281,6 +281,7 @@ class Matter:
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
             raise ValueError(f"frames must be uint8 [T,H,W,3] with T >= 1, got {frames.dtype} {tuple(frames.shape)}")
         src = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
+        self.last_src = src
         fgr, pha = self.infer(src.unsqueeze(0))
         return fgr[0], pha[0]
 

@@ -27,7 +27,7 @@ from .errors import (
     RvmLiveError,
     SourceError,
 )
-from .frame import END, Frame
+from .frame import END, EndOfStream, Frame
 from .matting import Matter, pick_engine, resolve_device
 from .queues import Empty, FrameQueue
 from .sink_worker import SinkWorker, backoff_delays
@@ -92,6 +92,7 @@ class Pipeline:
         self.source_up = False
         self._reconnects = False
         self._closed = False
+        self.chunk = 1
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name="capture")
         self.workers: list[SinkWorker] = []
 
@@ -114,7 +115,11 @@ class Pipeline:
         if self._background is None:
             self._background = self._load_background(self.config.bg)
         live = bool(self.source.live)
-        self.capture_queue = FrameQueue(self.config.queue_size, leaky=live, name="capture")
+        # file jobs may matte several frames per network call along time ([1,T,...]): more throughput on a
+        # GPU (on the CPUs measured it was slower, see BENCHMARKS.md); live sources always go frame by frame
+        auto = 4 if self.matter.device.type == "cuda" else 1
+        self.chunk = 1 if live or self.matter.engine != "torch" else (self.config.chunk or auto)
+        self.capture_queue = FrameQueue(max(self.config.queue_size, self.chunk), leaky=live, name="capture")
         # Live sources: every queue leaks, so latency never builds up. Files: every queue blocks, so no frame
         # is lost; a live output then sets the pace (it plays the file at its own rate), and one that is
         # down drains its queue while it backs off, so it holds nothing up.
@@ -206,25 +211,31 @@ class Pipeline:
     # ----- inference ---------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
         last_source: str | None = None
+        pending: Frame | EndOfStream | None = None  # taken from the queue but not part of the last chunk
         try:
             while True:
-                try:
-                    item = self.capture_queue.get(timeout=POLL_S)
-                except Empty:
-                    if self.stop_event.is_set():
-                        return
-                    continue
+                if pending is not None:
+                    item, pending = pending, None
+                else:
+                    try:
+                        item = self.capture_queue.get(timeout=POLL_S)
+                    except Empty:
+                        if self.stop_event.is_set():
+                            return
+                        continue
                 if item is END or self.stop_event.is_set():
                     return
                 if item.source_id != last_source or self._reset_requested.is_set():
                     self._reset_requested.clear()
                     self.matter.reset()
                     last_source = item.source_id
-                out = self.process(item)
-                self.stats_data.frame_out()
-                for worker in self.workers:
-                    if not self._hand_over(worker, out):
-                        return
+                batch, pending = self._gather(item)
+                outputs = self.process_chunk(batch) if len(batch) > 1 else [self.process(item)]
+                for out in outputs:
+                    self.stats_data.frame_out()
+                    for worker in self.workers:
+                        if not self._hand_over(worker, out):
+                            return
         except BaseException:
             self.failed.set()  # before END reaches the outputs: they must not publish a truncated file
             raise
@@ -232,6 +243,20 @@ class Pipeline:
             for worker in self.workers:
                 worker.queue.put(END, force=True)
             self._close_backgrounds()
+
+    def _gather(self, first: Frame) -> tuple[list[Frame], Frame | EndOfStream | None]:
+        """``first`` plus the frames already waiting, up to ``chunk``, of the same source and size; returns
+        the batch and the item that ended it (to be handled next), if any."""
+        batch = [first]
+        while len(batch) < self.chunk and not self.paused.is_set():
+            try:
+                nxt = self.capture_queue.get(timeout=0)
+            except Empty:
+                break
+            if nxt is END or nxt.source_id != first.source_id or nxt.image.shape != first.image.shape:
+                return batch, nxt
+            batch.append(nxt)
+        return batch, None
 
     def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:
         """Queue ``frame`` for one output; False when stopping. A file output waits as long as it takes (no
@@ -246,26 +271,42 @@ class Pipeline:
                 return True
         return True
 
-    def process(self, frame: Frame) -> Frame:
-        """Matte and composite one frame on the inference device; returns the output frame."""
-        image = np.ascontiguousarray(frame.image[:, ::-1] if self.mirror else frame.image)
+    def _current_background(self) -> Background:
         with self._bg_lock:
             if self._pending_background is not None:
                 self._background.close()
                 self._background, self._pending_background = self._pending_background, None
-            background = self._background
+            return self._background
+
+    def process(self, frame: Frame) -> Frame:
+        """Matte and composite one frame on the inference device; returns the output frame."""
+        image = np.ascontiguousarray(frame.image[:, ::-1] if self.mirror else frame.image)
+        background = self._current_background()
         if self.paused.is_set():  # unmatted, but the same layout and channels, so outputs keep their size
-            out = image
             alpha = np.full(image.shape[:2], 255, np.uint8)
-            if background.transparent:
-                out = np.dstack([image, alpha])
-        else:
-            with torch.inference_mode():
-                # step(), not upload()+infer(): on CUDA it replays the captured graph
-                fgr, pha = self.matter.step(image)
-                result = composite(fgr, pha, background, self.matter.last_src, threshold=self.threshold)
-                out = result.image.cpu().numpy()
-                alpha = result.alpha.cpu().numpy()
+            out = np.dstack([image, alpha]) if background.transparent else image
+            return self._finish(frame, image, out, alpha)
+        with torch.inference_mode():
+            # step(), not upload()+infer(): on CUDA it replays the captured graph
+            fgr, pha = self.matter.step(image)
+            return self._composite(frame, image, fgr, pha, self.matter.last_src, background)
+
+    def process_chunk(self, frames: list[Frame]) -> list[Frame]:
+        """Matte several consecutive frames in one network call along time; the outputs, in order."""
+        images = [np.ascontiguousarray(f.image[:, ::-1] if self.mirror else f.image) for f in frames]
+        background = self._current_background()
+        with torch.inference_mode():
+            fgr, pha = self.matter.step_chunk(np.stack(images))
+            src = self.matter.last_src
+            return [self._composite(f, img, fgr[t:t + 1], pha[t:t + 1], src[t:t + 1], background)
+                    for t, (f, img) in enumerate(zip(frames, images))]
+
+    def _composite(self, frame: Frame, image: np.ndarray, fgr: torch.Tensor, pha: torch.Tensor,
+                   src: torch.Tensor, background: Background) -> Frame:
+        result = composite(fgr, pha, background, src, threshold=self.threshold)
+        return self._finish(frame, image, result.image.cpu().numpy(), result.alpha.cpu().numpy())
+
+    def _finish(self, frame: Frame, image: np.ndarray, out: np.ndarray, alpha: np.ndarray) -> Frame:
         if self.config.side_by_side:
             original = image
             if out.shape[2] == 4:

@@ -352,3 +352,37 @@ def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobi
     assert out.read_bytes() == b"yesterday's good result"
     partial = decode_file(tmp_path / "result.mp4.part")  # what was made before the failure, playable
     assert len(partial) == 3
+
+
+class ChunkCounting(Matter):
+    chunks: list[int]
+
+    def step_chunk(self, frames):
+        self.chunks.append(len(frames))
+        return super().step_chunk(frames)
+
+
+def test_time_chunked_file_job_matches_frame_by_frame(carphone_path, mobilenet):
+    results = {}
+    for chunk in (1, 4):
+        record = RecordingSink()
+        matter = ChunkCounting("mobilenetv3", model=mobilenet, device="cpu")
+        matter.chunks = []
+        config = Config(source=str(carphone_path), max_frames=14, chunk=chunk, queue_size=4, bg="blur:6")
+        pipeline = Pipeline(config, matter=matter, sinks=[record])
+        stats = pipeline.run()
+        assert pipeline.chunk == chunk and stats["frames_out"] == 14
+        assert bool(matter.chunks) == (chunk > 1) and max(matter.chunks, default=1) <= chunk
+        results[chunk] = record.frames
+    assert [f.index for _, f in results[4]] == list(range(14))
+    for (_, a), (_, b) in zip(results[1], results[4]):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2  # same matte, same background
+        assert np.abs(a.alpha.astype(int) - b.alpha.astype(int)).max() <= 2
+
+
+def test_live_sources_never_chunk(carphone_path, matter_factory):
+    pipeline = Pipeline(Config(source=str(carphone_path), realtime=True, chunk=4), matter=matter_factory(),
+                        sinks=[RecordingSink()])
+    pipeline.open_source()
+    assert pipeline.chunk == 1
+    pipeline.close()
