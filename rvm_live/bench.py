@@ -69,15 +69,11 @@ class OrtRunner:
         import onnxruntime as ort
 
         from .assets import fetch
+        from .ort_engine import cpu_session
         from .weights import MOBILENETV3_ONNX_MIRROR
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.version = ort.__version__
-        self.session = ort.InferenceSession(str(fetch(MOBILENETV3_ONNX_MIRROR)), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = cpu_session(fetch(MOBILENETV3_ONNX_MIRROR), threads)
         self.ratio = np.array([ratio], np.float32)
         self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
 

@@ -33,3 +33,8 @@ class VirtualCameraError(SinkError):
 
 class PipelineError(RvmLiveError, RuntimeError):
     """A worker thread failed; the original exception is the ``__cause__``."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line (FFmpeg's messages span several), or its type's name."""
+    return " ".join(str(exc).split()) or type(exc).__name__

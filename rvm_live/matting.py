@@ -186,15 +186,17 @@ class Matter:
             self.ratio = auto_downsample_ratio(height, width) if setting in (None, "auto") else float(setting)
 
     @staticmethod
-    def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _as_tensor(image: np.ndarray | torch.Tensor, *, frames: bool = False) -> torch.Tensor:
+        """A uint8 ``H x W x 3`` frame (``frames=True``: ``T x H x W x 3``) as a tensor, or a named error."""
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
                 raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
             image = torch.from_numpy(np.ascontiguousarray(image))
         elif image.dtype != torch.uint8:
             raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"frame must be H x W x 3, got shape {tuple(image.shape)}")
+        ndim, what = (4, "T x H x W x 3") if frames else (3, "H x W x 3")
+        if image.ndim != ndim or image.shape[-1] != 3 or 0 in image.shape:
+            raise ValueError(f"frame must be {what}, got shape {tuple(image.shape)}")
         return image
 
     def _to_device_uint8(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -274,12 +276,7 @@ class Matter:
     def step_chunk(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte ``T`` consecutive uint8 frames ``[T,H,W,3]`` in one network call along time (file
         throughput); returns ``fgr [T,3,H,W]`` and ``pha [T,1,H,W]``; the state carries on as with ``step``."""
-        if isinstance(frames, np.ndarray):
-            if frames.dtype != np.uint8:
-                raise TypeError(f"unexpected frame dtype: {frames.dtype} != uint8")
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-            raise ValueError(f"frames must be uint8 [T,H,W,3] with T >= 1, got {frames.dtype} {tuple(frames.shape)}")
+        frames = self._as_tensor(frames, frames=True)
         src = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
         self.last_src = src
         fgr, pha = self.infer(src.unsqueeze(0))

@@ -15,6 +15,17 @@ import torch
 from torch import Tensor
 
 
+def cpu_session(path: str | Path, threads: int):
+    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OrtMattingNetwork:
     """Callable like ``MattingNetwork`` for ``[1,3,H,W]`` float32 CPU tensors; returns torch tensors."""
 
@@ -23,7 +34,7 @@ class OrtMattingNetwork:
     def __init__(self, weights: str | Path | None = None, *, threads: int | None = None,
                  offline: bool | None = None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (fail here with the install hint, not deep in a session)
         except ImportError as exc:
             raise ValueError("engine='onnxruntime' needs the onnxruntime package (pip install onnxruntime)") from exc
         if weights is None:
@@ -34,10 +45,7 @@ class OrtMattingNetwork:
         path = Path(weights).expanduser()
         if path.suffix != ".onnx":
             raise ValueError(f"engine='onnxruntime' needs an .onnx export, got {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # the same budget torch would use
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads or torch.get_num_threads())  # the budget torch would use
         self._empty = np.zeros((1, 1, 1, 1), np.float32)
 
     def __call__(self, src: Tensor, r1: Tensor | None = None, r2: Tensor | None = None, r3: Tensor | None = None,

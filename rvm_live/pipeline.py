@@ -90,6 +90,7 @@ class Pipeline:
         self.stats_data = Stats()
         self.fps: float = DEFAULT_FPS
         self.source_up = False
+        self.live = True  # until the source is open: the cautious choice for a background video
         self._reconnects = False
         self._closed = False
         self.chunk = 1
@@ -99,9 +100,8 @@ class Pipeline:
     # ----- setup -------------------------------------------------------------------------------------
     def _load_background(self, spec: str) -> Background:
         # a live pipeline never waits on a background video's decoder; a file job gets every frame of it
-        live = bool(getattr(self.source, "live", True)) if self.source_up else True
         try:
-            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype, live=live)
+            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype, live=self.live)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -114,7 +114,7 @@ class Pipeline:
         self._reconnects = bool(getattr(self.source, "reconnect", self.source.live))
         if self._background is None:
             self._background = self._load_background(self.config.bg)
-        live = bool(self.source.live)
+        self.live = live = bool(self.source.live)
         # file jobs may matte several frames per network call along time ([1,T,...]): more throughput on a
         # GPU (on the CPUs measured it was slower, see BENCHMARKS.md); live sources always go frame by frame
         auto = 4 if self.matter.device.type == "cuda" else 1

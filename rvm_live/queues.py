@@ -57,14 +57,6 @@ class FrameQueue(Generic[T]):
             self._not_full.notify()
             return item
 
-    def clear(self) -> int:
-        """Drop everything queued (not counted as drops); returns how many items were removed."""
-        with self._lock:
-            n = len(self._items)
-            self._items.clear()
-            self._not_full.notify_all()
-            return n
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

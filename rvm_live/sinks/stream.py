@@ -20,7 +20,7 @@ import av
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, SinkError
+from ..errors import ConfigError, SinkError, one_line
 from .base import register_sink
 
 if TYPE_CHECKING:
@@ -129,10 +129,6 @@ def frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1000)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 class StreamSink:
     """A PyAV output container with one video stream, to a file or a network URL."""
 
@@ -195,7 +191,7 @@ class StreamSink:
         try:
             container = av.open(self._writing_path(), "w", format=fmt, options=opts)
         except (av.FFmpegError, OSError) as exc:
-            raise SinkError(f"output {self.target}: cannot open: {_one_line(exc)}") from exc
+            raise SinkError(f"output {self.target}: cannot open: {one_line(exc)}") from exc
         try:
             rate = frame_rate(fps)
             stream = container.add_stream(plan.codec, rate=rate, options=dict(plan.options))
@@ -214,7 +210,7 @@ class StreamSink:
             missing = isinstance(exc, av.ProtocolNotFoundError)
             hint = " (this FFmpeg build lacks that protocol)" if missing else ""
             what = f"{plan.codec}/{fmt}"
-            raise SinkError(f"output {self.target}: cannot start {what}: {_one_line(exc)}{hint}") from exc
+            raise SinkError(f"output {self.target}: cannot start {what}: {one_line(exc)}{hint}") from exc
         self._container, self._stream = container, stream
         self._first_capture_ns, self._first_index, self._last_pts = None, 0, -1
         log.info("output %s: %s %dx%d @ %s fps", self.target, plan.codec, *self._size, rate)
@@ -278,7 +274,7 @@ class StreamSink:
             container, self._container, self._stream = self._container, None, None
             self._abandon(container)
             kept = "" if self.live else f" (what was written is in {self._writing_path()})"
-            raise SinkError(f"output {self.target}: write failed: {_one_line(exc)}{kept}") from exc
+            raise SinkError(f"output {self.target}: write failed: {one_line(exc)}{kept}") from exc
         self.frames_written += 1
 
     def abort(self) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import SourceError, one_line
 from .base import register_source
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ _SCHEME_OPTIONS = {
 def url_scheme(spec: str) -> str | None:
     """The lower-case scheme of a URL spec, or None for a plain path."""
     return spec.split("://", 1)[0].lower() if "://" in spec else None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class StreamSource:
@@ -103,7 +99,7 @@ class StreamSource:
         except av.ExitError as exc:  # PyAV's open timeout fired
             raise SourceError(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.target}: cannot open: {_one_line(exc)}") from exc
+            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.target}: no video stream")
@@ -161,7 +157,7 @@ class StreamSource:
         except av.ExitError as exc:  # PyAV's read timeout fired
             raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
         except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.target}: decoding failed: {_one_line(exc)}") from exc
+            raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
         if frame is None:
             log.info("%s: end of stream after %d frames", self.target, self._frames_read)
             return None
