@@ -178,7 +178,7 @@ def run(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
     from .control import ControlServer, parse_address
-    from .pipeline import Pipeline
+    from .daemon import Daemon as Pipeline
 
     pipeline = server = None
     restore = lambda: None  # noqa: E731

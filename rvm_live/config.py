@@ -61,6 +61,8 @@ class Config:
     control_token: str | None = None
     no_signal_timeout: float = 1.0
     log_level: str = "info"
+    # several streams through one engine: a list of tables, each with its own STREAM_KEYS (TOML [[streams]])
+    streams: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -87,6 +89,8 @@ class Config:
             raise ConfigError(f"queue_size: {self.queue_size!r} must be an integer from 1 to 8")
         if self.mask_threshold is not None and not 0 <= float(self.mask_threshold) < 1:
             raise ConfigError(f"mask_threshold: {self.mask_threshold!r} must be in [0, 1)")
+        if isinstance(self.streams, list):
+            object.__setattr__(self, "streams", tuple(self.streams))
         if isinstance(self.outputs, (list, str)):
             outs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
             object.__setattr__(self, "outputs", outs)
@@ -97,6 +101,37 @@ class Config:
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(Config))
+# what each [[streams]] entry may set; the rest (engine, device, control, ...) is shared by every stream
+STREAM_KEYS = frozenset({"id", "source", "width", "height", "fps", "fourcc", "loop", "realtime", "downsample",
+                         "bg", "mask_threshold", "mirror", "side_by_side", "outputs", "vcam_device", "queue_size",
+                         "max_frames", "no_signal_timeout"})
+
+
+def stream_configs(config: Config) -> list[tuple[str, Config]]:
+    """``(stream id, its Config)`` for every stream: the ``streams`` entries over the shared settings, or the
+    one stream ``"0"`` that the flat settings describe. A bad entry is a ConfigError naming it."""
+    if not config.streams:
+        return [("0", config)]
+    result: list[tuple[str, Config]] = []
+    for i, entry in enumerate(config.streams):
+        where = f"streams[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table of stream settings, got {entry!r}")
+        unknown = sorted(set(entry) - STREAM_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: key {unknown[0]!r} cannot differ per stream "
+                              f"(per-stream keys: {', '.join(sorted(STREAM_KEYS))})")
+        stream_id = entry.get("id", str(i))
+        if not isinstance(stream_id, str) or not stream_id.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}.id: {stream_id!r} must be a name of letters, digits, - and _")
+        if stream_id in dict(result):
+            raise ConfigError(f"{where}.id: {stream_id!r} is used twice")
+        settings = {k: v for k, v in entry.items() if k != "id"}
+        try:
+            result.append((stream_id, config.replace(streams=(), **settings)))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return result
 
 
 def config_from_mapping(data: dict[str, Any], *, origin: str = "config", base: Config | None = None) -> Config:

@@ -37,12 +37,13 @@ _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
 class Controller(Protocol):
     """What the control API drives; the pipeline implements it."""
 
-    def health(self) -> dict[str, Any]: ...
-    def stats(self) -> dict[str, Any]: ...
-    def set_background(self, spec: str) -> None: ...
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def reset(self) -> None: ...
+    def health(self, stream: str | None = None) -> dict[str, Any]: ...
+    def stats(self, stream: str | None = None) -> dict[str, Any]: ...
+    def streams(self) -> list[dict[str, Any]]: ...
+    def set_background(self, spec: str, stream: str | None = None) -> None: ...
+    def pause(self, stream: str | None = None) -> None: ...
+    def resume(self, stream: str | None = None) -> None: ...
+    def reset(self, stream: str | None = None) -> None: ...
 
 
 class StatsCollector(Collector):
@@ -62,23 +63,39 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._controller.stats()
-        for key, doc in self._COUNTERS.items():
-            if _is_number(stats.get(key)):
-                yield CounterMetricFamily(f"rvm_live_{key}", doc, value=stats[key])
-        latency = stats.get("latency_ms") or {}
-        g = GaugeMetricFamily("rvm_live_latency_seconds", "Capture-to-output latency", labels=["quantile"])
-        for name, q in (("p50", "0.5"), ("p95", "0.95"), ("max", "1")):
-            if _is_number(latency.get(name)):
-                g.add_metric([q], latency[name] / 1000)
-        if g.samples:
-            yield g
+        # one sample per stream, labelled with its id (the single stream of a plain run is stream "0")
+        per_stream = stats.get("streams") or {_only_stream(self._controller): stats}
+        counters = {key: CounterMetricFamily(f"rvm_live_{key}", doc, labels=["stream"])
+                    for key, doc in self._COUNTERS.items()}
+        latency = GaugeMetricFamily("rvm_live_latency_seconds", "Capture-to-output latency",
+                                    labels=["stream", "quantile"])
+        gauges: dict[str, GaugeMetricFamily] = {}
+        for stream_id, data in per_stream.items():
+            for key, family in counters.items():
+                if _is_number(data.get(key)):
+                    family.add_metric([stream_id], data[key])
+            for name, q in (("p50", "0.5"), ("p95", "0.95"), ("max", "1")):
+                value = (data.get("latency_ms") or {}).get(name)
+                if _is_number(value):
+                    latency.add_metric([stream_id, q], value / 1000)
+            for key, value in data.items():  # every other number (fps_out, downsample_ratio, paused, ...)
+                if key not in self._COUNTERS and _is_number(value):
+                    name = "rvm_live_" + _METRIC_NAME.sub("_", key)
+                    gauges.setdefault(key, GaugeMetricFamily(name, f"stats[{key!r}]", labels=["stream"]))
+                    gauges[key].add_metric([stream_id], float(value))
+        yield from (f for f in counters.values() if f.samples)
+        if latency.samples:
+            yield latency
         info = {k: str(stats[k]) for k in ("backbone", "device") if stats.get(k) is not None}
         if info:
             yield InfoMetricFamily("rvm_live_model", "Model backbone and inference device", value=info)
-        for key, value in stats.items():  # every other number (fps_out, downsample_ratio, paused, ...)
-            if key not in self._COUNTERS and _is_number(value):
-                name = "rvm_live_" + _METRIC_NAME.sub("_", key)
-                yield GaugeMetricFamily(name, f"stats[{key!r}]", value=float(value))
+        yield from gauges.values()
+
+
+def _only_stream(controller: Controller) -> str:
+    streams = getattr(controller, "streams", None)
+    listed = streams() if callable(streams) else []
+    return str(listed[0]["id"]) if len(listed) == 1 else "0"
 
 
 def _is_number(value: object) -> bool:
@@ -205,17 +222,40 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", "/health"): self._health,
             ("GET", "/stats"): lambda: (200, self.server.app.controller.stats()),
             ("GET", "/metrics"): self._metrics,
+            ("GET", "/streams"): lambda: (200, {"streams": self.server.app.controller.streams()}),
             ("POST", "/background"): self._background,
             ("POST", "/pause"): lambda: self._action("pause"),
             ("POST", "/resume"): lambda: self._action("resume"),
             ("POST", "/reset"): lambda: self._action("reset"),
         }
 
+    def _stream_routes(self, path: str) -> tuple[str, dict[tuple[str, str], Callable[[], tuple[int, Any]]]]:
+        """``/streams/<id>/<action>`` acts on one stream: the same actions as the top-level routes."""
+        _, _, stream_id, *rest = path.split("/")
+        controller = self.server.app.controller
+        controller.session(stream_id)  # KeyError for an unknown stream → 404 below
+        prefix = f"/streams/{stream_id}"
+        routes = {
+            ("GET", prefix): lambda: (200, controller.health(stream_id)),
+            ("GET", f"{prefix}/health"): lambda: (200, controller.health(stream_id)),
+            ("GET", f"{prefix}/stats"): lambda: (200, controller.stats(stream_id)),
+            ("POST", f"{prefix}/background"): lambda: self._background(stream_id),
+        }
+        for action in ("pause", "resume", "reset"):
+            routes[("POST", f"{prefix}/{action}")] = lambda a=action: self._action(a, stream_id)
+        return path, routes
+
     def _dispatch(self) -> None:
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         try:
             self._authorize()
-            routes = self._routes()
+            if path.startswith("/streams/"):
+                try:
+                    path, routes = self._stream_routes(path)
+                except KeyError as exc:
+                    raise HTTPError(404, str(exc.args[0])) from None
+            else:
+                routes = self._routes()
             handler = routes.get((self.command, path))
             if handler is None:
                 allowed = sorted(m for m, p in routes if p == path)
@@ -254,19 +294,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _metrics(self) -> tuple[int, bytes]:
         return 200, generate_latest(self.server.app.registry)
 
-    def _background(self) -> tuple[int, Any]:
+    def _background(self, stream: str | None = None) -> tuple[int, Any]:
         body = self._read_json()
         spec = body.get("bg") if isinstance(body, dict) else None
         if not isinstance(spec, str):
             raise HTTPError(400, 'expected a JSON object {"bg": "<background spec>"}')
         check_background(spec)  # a missing or unreadable file is refused here, before the pipeline sees it
-        self.server.app.controller.set_background(spec)
+        self.server.app.controller.set_background(spec, *([stream] if stream is not None else []))
         log.info("control API: background set to %s", spec)
         return 200, {"ok": True, "bg": spec}
 
-    def _action(self, name: str) -> tuple[int, Any]:
+    def _action(self, name: str, stream: str | None = None) -> tuple[int, Any]:
         self._read_body()  # a body is allowed and ignored, but still size-limited
-        getattr(self.server.app.controller, name)()
+        getattr(self.server.app.controller, name)(*([stream] if stream is not None else []))
         log.info("control API: %s", name)
         return 200, {"ok": True}
 

@@ -19,9 +19,15 @@ class Frame:
 
     index: int
     capture_ns: int
-    source_id: str
+    stream_id: str
     image: np.ndarray
     alpha: np.ndarray | None = None  # H x W uint8, the alpha this very frame was composited with
+    generation: int = 0  # bumped each time the source is reopened: the recurrent state starts afresh
+
+    @property
+    def source_id(self) -> str:
+        """The stream and the source generation: ``"cam1#2"``."""
+        return f"{self.stream_id}#{self.generation}"
 
     @property
     def height(self) -> int:

@@ -98,20 +98,20 @@ def test_metrics_reads_stats_at_scrape_time(server, controller):
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     lines = set(text.splitlines())
     for line in (
-        "rvm_live_frames_in_total 120.0",
-        "rvm_live_frames_out_total 117.0",
-        "rvm_live_frames_dropped_total 3.0",
-        "rvm_live_fps_out 29.5",
-        "rvm_live_downsample_ratio 0.25",
-        'rvm_live_latency_seconds{quantile="0.95"} 0.055',
-        'rvm_live_latency_seconds{quantile="1"} 0.08',
+        'rvm_live_frames_in_total{stream="0"} 120.0',  # every series carries the stream it counts
+        'rvm_live_frames_out_total{stream="0"} 117.0',
+        'rvm_live_frames_dropped_total{stream="0"} 3.0',
+        'rvm_live_fps_out{stream="0"} 29.5',
+        'rvm_live_downsample_ratio{stream="0"} 0.25',
+        'rvm_live_latency_seconds{quantile="0.95",stream="0"} 0.055',
+        'rvm_live_latency_seconds{quantile="1",stream="0"} 0.08',
         'rvm_live_model_info{backbone="mobilenetv3",device="cpu"} 1.0',
-        "rvm_live_paused 0.0",
+        'rvm_live_paused{stream="0"} 0.0',
     ):
         assert line in lines, (line, text)
     assert "python_gc" not in text  # its own registry, not the process-global one
     controller.paused = True
-    assert "rvm_live_paused 1.0" in request(server, "GET", "/metrics")[1].splitlines()
+    assert 'rvm_live_paused{stream="0"} 1.0' in request(server, "GET", "/metrics")[1].splitlines()
 
 
 def test_pause_resume_reset(server, controller):

@@ -1,0 +1,114 @@
+"""One typed bus for everything that happens to a stream and must reach someone on another thread.
+
+Stages post events; the daemon's thread reads errors off it to stop and exit non-zero, and observers
+(stats, logs, the quality governor, a status line) subscribe to the kinds they care about. It replaces the
+ad-hoc events, lambdas and counters reached across threads (GStreamer's bus: elements post, the
+application reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to one stream (``stream_id``); ``None`` means the daemon as a whole."""
+
+    stream_id: str | None
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    """A stage failed; the daemon stops and the caller sees ``error`` as the cause."""
+
+    stage: str
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class EndOfStreamEvent(Event):
+    """A stream's source is exhausted and its frames have all reached the outputs' queues."""
+
+
+@dataclass(frozen=True)
+class SourceLost(Event):
+    cause: str
+
+
+@dataclass(frozen=True)
+class SourceBack(Event):
+    outage_s: float
+
+
+@dataclass(frozen=True)
+class SinkLost(Event):
+    sink: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class SinkBack(Event):
+    sink: str
+
+
+@dataclass(frozen=True)
+class QualityChanged(Event):
+    """The quality governor picked a new downsample ratio for a stream (QoS)."""
+
+    ratio: float
+    previous: float
+    step_ms: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class StepTiming(Event):
+    """How long one network step took for a stream (posted by the inference stage, read by the governor)."""
+
+    step_ms: float
+    interval_ms: float
+    ratio: float
+
+
+Handler = Callable[[Event], None]
+
+
+class Bus:
+    """Thread-safe: ``post`` from any thread; handlers run synchronously in the poster's thread, so they
+    must be quick; errors are also queued for the daemon's thread (``next_error``)."""
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[type[Event], Handler]] = []
+        self._lock = threading.Lock()
+        self._errors: queue.Queue[ErrorEvent] = queue.Queue()
+
+    def subscribe(self, kind: type[Event], handler: Handler) -> None:
+        """Call ``handler(event)`` for every posted event that is an instance of ``kind``."""
+        with self._lock:
+            self._handlers.append((kind, handler))
+
+    def post(self, event: Event) -> None:
+        """Deliver ``event``; a failing handler is logged and never breaks the poster."""
+        if isinstance(event, ErrorEvent):
+            self._errors.put(event)
+        with self._lock:
+            handlers = [h for kind, h in self._handlers if isinstance(event, kind)]
+        for handler in handlers:
+            try:
+                handler(event)
+            except Exception:  # noqa: BLE001 - an observer must never take a stage down
+                log.exception("bus handler %r failed on %r", handler, event)
+
+    def next_error(self) -> ErrorEvent | None:
+        """The oldest unread error, or None."""
+        try:
+            return self._errors.get_nowait()
+        except queue.Empty:
+            return None

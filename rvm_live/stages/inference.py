@@ -1,0 +1,204 @@
+"""The inference stage: one thread serves every stream. It takes the frames that are ready, batches the
+streams of the same size and ratio into one network call (each with its own recurrent state), blends each
+frame over its stream's background, downloads what the outputs need and fans the result out to that
+stream's sink workers. A stream that is slow or lost never holds the others up: a batch waits for a
+missing stream at most ``BATCH_WAIT_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..bus import Bus, EndOfStreamEvent, StepTiming
+from ..compositing import composite
+from ..frame import END, EndOfStream, Frame
+from ..queues import Empty
+from ..session import Session
+from ..sink_worker import SinkWorker
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.1
+BATCH_WAIT_S = 0.004  # how long a batch may wait for another live stream's frame
+LIVE_OUTPUT_WAIT_S = 1.0  # how long a file job waits on a stuck live output before dropping a frame for it
+
+
+class InferenceStage:
+    """``run()`` is the thread body. ``engine.step(images, states)`` mattes one frame per state."""
+
+    def __init__(self, sessions: list[Session], engine: Any, *, stop: threading.Event, bus: Bus,
+                 doorbell: threading.Event, batch_wait_s: float = BATCH_WAIT_S) -> None:
+        self.sessions = sessions
+        self.engine = engine
+        self.stop = stop
+        self.bus = bus
+        self.doorbell = doorbell
+        self.batch_wait_s = batch_wait_s
+        self._held: dict[str, Frame | EndOfStream] = {}  # taken from a queue, not yet processed
+        self._generation: dict[str, int | None] = {s.id: None for s in sessions}
+        self.batches = 0  # network calls made
+        self.batched_frames = 0  # frames that went through them
+
+    def run(self) -> None:
+        active = list(self.sessions)
+        try:
+            while active and not self.stop.is_set():
+                ready = self._collect(active)
+                if not ready:
+                    self.doorbell.wait(POLL_S)
+                    self.doorbell.clear()
+                    continue
+                for session, item in ready:
+                    if item is END:
+                        self._end(session)
+                        active.remove(session)
+                if not self._process([(s, f) for s, f in ready if f is not END]):
+                    return
+        except BaseException:
+            for session in self.sessions:
+                session.failed.set()  # before END reaches the outputs: they must not publish a truncated file
+            raise
+        finally:
+            for session in self.sessions:
+                for worker in session.workers:
+                    worker.queue.put(END, force=True)
+                session.close_backgrounds()
+
+    # ----- gathering -------------------------------------------------------------------------------------
+    def _take(self, session: Session) -> Frame | EndOfStream | None:
+        item = self._held.pop(session.id, None)
+        if item is not None:
+            return item
+        try:
+            return session.capture_queue.get(timeout=0)
+        except Empty:
+            return None
+
+    def _collect(self, active: list[Session]) -> list[tuple[Session, Frame | EndOfStream]]:
+        """One item from every stream that has one; when some live stream has none yet, wait a few ms for
+        it so that it can join the batch."""
+        ready = [(s, item) for s in active if (item := self._take(s)) is not None]
+        if ready and len(ready) < len(active) and any(s.live for s in active):
+            self.doorbell.clear()
+            if self.doorbell.wait(self.batch_wait_s):
+                have = {s.id for s, _ in ready}
+                ready += [(s, item) for s in active if s.id not in have and (item := self._take(s)) is not None]
+        return ready
+
+    def _chunk(self, session: Session, first: Frame) -> list[Frame]:
+        """``first`` plus the frames already waiting, up to the session's chunk, of the same source and size."""
+        batch = [first]
+        while len(batch) < session.chunk and not session.paused.is_set():
+            try:
+                nxt = session.capture_queue.get(timeout=0)
+            except Empty:
+                break
+            if nxt is END or nxt.generation != first.generation or nxt.image.shape != first.image.shape:
+                self._held[session.id] = nxt
+                break
+            batch.append(nxt)
+        return batch
+
+    # ----- matting -------------------------------------------------------------------------------------
+    def _process(self, ready: list[tuple[Session, Frame]]) -> bool:
+        """Matte and hand over one frame (or one chunk) per stream; False when stopping."""
+        groups: dict[tuple, list[tuple[Session, Frame, np.ndarray]]] = {}
+        outputs: list[tuple[Session, list[Frame]]] = []
+        for session, frame in ready:
+            self._maybe_reset(session, frame)
+            image = session.input_image(frame)
+            if session.paused.is_set():
+                outputs.append((session, [session.passthrough(frame, image)]))
+            elif session.chunk > 1:
+                outputs += self._matte_chunk(session, self._chunk(session, frame))
+            else:
+                groups.setdefault(self._batch_key(session, image), []).append((session, frame, image))
+        for members in groups.values():
+            outputs += self._matte_batch(members)
+        for session, frames in outputs:
+            for out in frames:
+                session.stats_data.frame_out()
+                for worker in session.workers:
+                    if not self._hand_over(worker, out):
+                        return False
+        return True
+
+    def matte_one(self, session: Session, frame: Frame) -> Frame:
+        """Matte and composite one frame of ``session`` now, without handing it to the outputs."""
+        self._maybe_reset(session, frame)
+        image = session.input_image(frame)
+        if session.paused.is_set():
+            return session.passthrough(frame, image)
+        return self._matte_batch([(session, frame, image)])[0][1][0]
+
+    def _maybe_reset(self, session: Session, frame: Frame) -> None:
+        if frame.generation != self._generation[session.id] or session.reset_requested.is_set():
+            session.reset_requested.clear()
+            session.state.reset()
+            self._generation[session.id] = frame.generation
+
+    @staticmethod
+    def _batch_key(session: Session, image: np.ndarray) -> tuple:
+        """Streams with equal keys go through one network call: same frame size and same ratio. A state that
+        has not seen this size yet steps alone once (its ratio is decided on that step)."""
+        state = session.state
+        if getattr(state, "size", None) == image.shape[:2] and getattr(state, "ratio", None) is not None:
+            return (image.shape, state.ratio)
+        return (image.shape, "new", session.id)
+
+    def _matte_batch(self, members: list[tuple[Session, Frame, np.ndarray]]) -> list[tuple[Session, list[Frame]]]:
+        sessions = [m[0] for m in members]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.engine.step([m[2] for m in members], [s.state for s in sessions])
+            results = [(session, [self._blend(session, frame, image, out.fgr[b:b + 1], out.pha[b:b + 1],
+                                              out.src[b:b + 1])])
+                       for b, (session, frame, image) in enumerate(members)]
+        step_ms = (time.perf_counter() - started) * 1000
+        self.batches += 1
+        self.batched_frames += len(members)
+        for session in sessions:
+            self.bus.post(StepTiming(session.id, step_ms, 1000 / session.fps, float(session.state.ratio or 1.0)))
+        return results
+
+    def _matte_chunk(self, session: Session, frames: list[Frame]) -> list[tuple[Session, list[Frame]]]:
+        images = [session.input_image(f) for f in frames]
+        with torch.inference_mode():
+            out = self.engine.step_chunk(np.stack(images), session.state)
+            results = [self._blend(session, f, img, out.fgr[t:t + 1], out.pha[t:t + 1], out.src[t:t + 1])
+                       for t, (f, img) in enumerate(zip(frames, images))]
+        self.batches += 1
+        self.batched_frames += len(frames)
+        return [(session, results)]
+
+    def _blend(self, session: Session, frame: Frame, image: np.ndarray, fgr: torch.Tensor, pha: torch.Tensor,
+               src: torch.Tensor) -> Frame:
+        result = composite(fgr, pha, session.background(), src, threshold=session.threshold)
+        return session.finish(frame, image, result.image.cpu().numpy(), result.alpha.cpu().numpy())
+
+    # ----- fan-out -------------------------------------------------------------------------------------
+    def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:
+        """Queue ``frame`` for one output; False when stopping. A file output waits as long as it takes (no
+        frame lost); a live output that has not taken a frame for ``LIVE_OUTPUT_WAIT_S`` (stuck writing or
+        connecting) loses this one instead of holding up inference and every other output."""
+        deadline = time.monotonic() + LIVE_OUTPUT_WAIT_S if worker.sink.live else None
+        while not worker.queue.put(frame, timeout=POLL_S):
+            if self.stop.is_set():
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                worker.count_lost()
+                return True
+        return True
+
+    def _end(self, session: Session) -> None:
+        """A stream's source is exhausted: its outputs finish; the other streams go on."""
+        session.ended = True
+        for worker in session.workers:
+            worker.queue.put(END, force=True)
+        self.bus.post(EndOfStreamEvent(session.id))
