@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--engine", choices=("auto", *ENGINES),
                      help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
                           "onnxruntime")
+    inf.add_argument("--quality", choices=("auto", "fixed"),
+                     help="live sources: auto (default) lowers/raises the internal resolution to hold the source's "
+                          "frame rate; fixed keeps --downsample. File jobs never change quality")
+    inf.add_argument("--latency-budget", type=float, metavar="MS",
+                     help="auto quality: keep a frame's inference time under this (default 100)")
     inf.add_argument("--chunk", type=int, metavar="T",
                      help="file jobs: frames per network call (0 = auto: 4 on CUDA, else 1)")
     inf.add_argument("--compile", action=argparse.BooleanOptionalAction,

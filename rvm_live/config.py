@@ -16,6 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BACKBONES = ("mobilenetv3", "resnet50")
+QUALITIES = ("auto", "fixed")
 ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -42,6 +43,8 @@ class Config:
     engine: str = "auto"  # auto | torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
     compile: bool = False  # torch.compile the network (slow first start; cached afterwards)
     chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
+    quality: str = "auto"  # auto: live streams adapt the ratio to hold the source's rate (governor.py); fixed
+    latency_budget: float = 100.0  # ms: the governor keeps a frame's time in inference under this
     # compositing
     bg: str = "green"
     mask_threshold: float | None = None
@@ -89,6 +92,11 @@ class Config:
             raise ConfigError(f"queue_size: {self.queue_size!r} must be an integer from 1 to 8")
         if self.mask_threshold is not None and not 0 <= float(self.mask_threshold) < 1:
             raise ConfigError(f"mask_threshold: {self.mask_threshold!r} must be in [0, 1)")
+        if self.quality not in QUALITIES:
+            raise ConfigError(f"quality: {self.quality!r} is not one of {', '.join(QUALITIES)}")
+        if isinstance(self.latency_budget, bool) or not isinstance(self.latency_budget, (int, float)) \
+                or not 1 <= self.latency_budget <= 10_000:
+            raise ConfigError(f"latency_budget: {self.latency_budget!r} must be a number of ms from 1 to 10000")
         if isinstance(self.streams, list):
             object.__setattr__(self, "streams", tuple(self.streams))
         if isinstance(self.outputs, (list, str)):
@@ -103,6 +111,7 @@ class Config:
 FIELD_NAMES = frozenset(f.name for f in fields(Config))
 # what each [[streams]] entry may set; the rest (engine, device, control, ...) is shared by every stream
 STREAM_KEYS = frozenset({"id", "source", "width", "height", "fps", "fourcc", "loop", "realtime", "downsample",
+                         "quality", "latency_budget",
                          "bg", "mask_threshold", "mirror", "side_by_side", "outputs", "vcam_device", "queue_size",
                          "max_frames", "no_signal_timeout"})
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .bus import Bus, ErrorEvent
+from .bus import Bus, ErrorEvent, QualityChanged
 from .config import Config, stream_configs
 from .engine_adapter import build_engine
 from .errors import ConfigError, PipelineError, RvmLiveError
@@ -53,6 +53,7 @@ class Daemon:
                     output_suffix=f"-{stream_id}" if suffix else "")
             for i, (stream_id, cfg) in enumerate(specs)]
         self._by_id = {s.id: s for s in self.sessions}
+        self.bus.subscribe(QualityChanged, self._log_quality)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.inference: InferenceStage | None = None
@@ -95,6 +96,10 @@ class Daemon:
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
+
+    def _log_quality(self, event: QualityChanged) -> None:
+        where = f"stream {event.stream_id}: " if len(self.sessions) > 1 else ""
+        log.info("%squality: downsample %.3g -> %.3g (%s)", where, event.previous, event.ratio, event.reason)
 
     def stop(self) -> None:
         """Ask every stage to stop (idempotent, safe from signal handlers and other threads)."""

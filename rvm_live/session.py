@@ -77,6 +77,8 @@ class Session:
         self.reconnects = False
         self.chunk = 1
         self.ended = False  # the inference stage has seen this stream's end
+        self.governor: Any = None  # live streams with quality = "auto": made by the inference stage
+        self.quality_changes = 0
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name=f"capture:{stream_id}")
         self.workers: list[SinkWorker] = []
 
@@ -164,6 +166,7 @@ class Session:
         ratio = getattr(self.state, "ratio", None)
         return self.stats_data.snapshot(
             frames_dropped=self.dropped(), **model, downsample_ratio=ratio,
+            quality="auto" if self.governor is not None else "fixed", quality_changes=self.quality_changes,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
             paused=self.paused.is_set(), background=self.background_spec)
 

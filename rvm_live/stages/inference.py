@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bus import Bus, EndOfStreamEvent, StepTiming
+from ..bus import Bus, EndOfStreamEvent, QualityChanged, StepTiming
 from ..compositing import composite
 from ..frame import END, EndOfStream, Frame
+from ..governor import Governor, ladder_ratios
+from ..matting import auto_downsample_ratio
 from ..queues import Empty
 from ..session import Session
 from ..sink_worker import SinkWorker
@@ -163,9 +165,27 @@ class InferenceStage:
         step_ms = (time.perf_counter() - started) * 1000
         self.batches += 1
         self.batched_frames += len(members)
-        for session in sessions:
+        for session, _, image in members:
             self.bus.post(StepTiming(session.id, step_ms, 1000 / session.fps, float(session.state.ratio or 1.0)))
+            self._govern(session, image, step_ms)
         return results
+
+    def _govern(self, session: Session, image: np.ndarray, step_ms: float) -> None:
+        """Live streams with ``quality = "auto"``: let the governor move the ratio (state carried, resized)."""
+        if not session.live or session.config.quality != "auto" or not hasattr(session.state, "set_ratio"):
+            return
+        if session.governor is None:
+            height, width = image.shape[:2]
+            setting = session.config.downsample
+            top = auto_downsample_ratio(height, width) if setting == "auto" else float(setting)
+            session.governor = Governor(ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
+                                        budget_ms=session.config.latency_budget)
+        decision = session.governor.observe(step_ms, time.monotonic())
+        if decision is not None:
+            session.state.set_ratio(decision.ratio)
+            session.quality_changes += 1
+            self.bus.post(QualityChanged(session.id, decision.ratio, decision.previous, decision.step_ms,
+                                         decision.reason))
 
     def _matte_chunk(self, session: Session, frames: list[Frame]) -> list[tuple[Session, list[Frame]]]:
         images = [session.input_image(f) for f in frames]
