@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -300,12 +301,19 @@ def _validate_frames(video_frames: object) -> torch.Tensor:
 def matting(video_frames: torch.Tensor | np.ndarray, backbone: str = "resnet50", fp16: bool = True,
             bg_color: str = "green", batch_size: int = 4, *, downsample_ratio: float | None = None,
             device: str | torch.device | None = None, threshold: float | None = None,
-            weights: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            weights: str | Path | None = None, model: MattingNetwork | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            return_foreground: bool = False) -> tuple[torch.Tensor, ...]:
     """Matte a clip: ``[N,H,W,3]`` float 0..1 → ``(image [N,H,W,3], mask [N,H,W])`` float32 on the CPU.
 
     Frames go through the network ``batch_size`` at a time *along time*, with the recurrent state carried
     across chunks, so the result does not depend on ``batch_size``. ``mask`` is the soft alpha, or the
-    hard mask ``alpha > threshold`` when ``threshold`` is given (the composite then uses it too)."""
+    hard mask ``alpha > threshold`` when ``threshold`` is given (the composite then uses it too).
+
+    ``model``: an already loaded network to use instead of loading ``backbone``/``weights``.
+    ``progress(done, total)`` is called before the first chunk (``done`` = 0) and after each one, with
+    frame counts; an exception it raises stops the run there (how a caller cancels between chunks).
+    ``return_foreground`` appends the predicted foreground ``[N,H,W,3]`` (not composited)."""
     frames = _validate_frames(video_frames)
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
@@ -316,9 +324,11 @@ def matting(video_frames: torch.Tensor | np.ndarray, backbone: str = "resnet50",
     rgb = parse_color(bg_color)
     n, h, w, _ = frames.shape
     ratio = seed_downsample_ratio(h, w) if downsample_ratio is None else check_ratio(downsample_ratio)
-    matter = Matter(backbone, weights=weights, device=device, fp16=fp16, downsample_ratio=ratio)
+    matter = Matter(backbone, model=model, weights=weights, device=device, fp16=fp16, downsample_ratio=ratio)
     bg = torch.tensor(rgb, device=matter.device, dtype=torch.float32).view(1, 3, 1, 1) / 255
-    images, masks = [], []
+    images, masks, foregrounds = [], [], []
+    if progress is not None:
+        progress(0, n)
     for start in range(0, n, batch_size):
         chunk = frames[start:start + batch_size].to(matter.device, matter.dtype, non_blocking=True)
         fgr, pha = matter.infer(chunk.permute(0, 3, 1, 2).unsqueeze(0))
@@ -327,4 +337,10 @@ def matting(video_frames: torch.Tensor | np.ndarray, backbone: str = "resnet50",
             pha = (pha > threshold).float()
         images.append((fgr * pha + bg * (1 - pha)).permute(0, 2, 3, 1).cpu())
         masks.append(pha[:, 0].cpu())
+        if return_foreground:
+            foregrounds.append(fgr.permute(0, 2, 3, 1).cpu())
+        if progress is not None:
+            progress(min(start + batch_size, n), n)
+    if return_foreground:
+        return torch.cat(images), torch.cat(masks), torch.cat(foregrounds)
     return torch.cat(images), torch.cat(masks)

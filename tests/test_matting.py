@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from rvm_live.comfyui import NODE_CLASS_MAPPINGS
 from rvm_live.matting import Matter, auto_downsample_ratio, matting
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -134,17 +133,6 @@ def test_auto_ratio_follows_rvm_table():
     assert auto_downsample_ratio(1080, 1920) == pytest.approx(0.25)
     assert auto_downsample_ratio(2160, 3840) == pytest.approx(0.125)
     assert auto_downsample_ratio(144, 176) == 1.0
-
-
-def test_comfyui_node(clip):
-    node_cls = NODE_CLASS_MAPPINGS["Robust Video Matting"]
-    required = node_cls.INPUT_TYPES()["required"]
-    assert list(required) == ["video_frames", "backbone", "fp16", "bg_color", "batch_size"]
-    assert node_cls.RETURN_TYPES == ("IMAGE", "MASK")
-    assert required["backbone"][1]["default"] == "resnet50" and required["batch_size"][1]["default"] == 4
-    image, mask = getattr(node_cls(), node_cls.FUNCTION)(clip[:3], "mobilenetv3", False, "green", 2)
-    ref_image, ref_mask = run(clip[:3], batch_size=1)
-    torch.testing.assert_close(mask, ref_mask, atol=1e-4, rtol=0)
 
 
 @requires_cuda

@@ -1,0 +1,163 @@
+"""What the node takes from ComfyUI: its device, its model management and a ``models/rvm`` folder.
+
+The network is wrapped in a ``comfy.model_patcher.ModelPatcher`` and loaded with
+``comfy.model_management.load_models_gpu``, like ComfyUI's own models: it stays loaded between runs while
+ComfyUI keeps it, and "Unload models" / ``POST /free`` detaches it, which drops it from our cache too.
+ComfyUI is imported inside the functions, so this module imports outside ComfyUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..assets import cache_dir
+from ..errors import WeightsError
+from ..model.network import MattingNetwork
+from ..weights import candidate_assets, find_weights, load_model, official_asset
+
+log = logging.getLogger(__name__)
+
+FOLDER = "rvm"  # ComfyUI/models/rvm, registered with folder_paths
+WEIGHT_SUFFIXES = (".pth", ".pt", ".torchscript", ".onnx")
+AUTO = "auto"
+# device types RVM's network runs on; ComfyUI may also hand out DirectML, NPU or MLU devices
+RVM_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+# (backbone, weights path, dtype, device) -> the ModelPatcher ComfyUI manages; dropped on detach (unload)
+_patchers: dict[tuple[str, str, torch.dtype, torch.device], object] = {}
+
+
+def register_folder() -> list[str]:
+    """Register ``models/rvm`` with ComfyUI's ``folder_paths`` (idempotent); returns its folders."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
+    return folder_paths.get_folder_paths(FOLDER)
+
+
+def weight_choices() -> list[str]:
+    """The ``weights`` input's options: ``auto``, then every weights file under ``models/rvm``."""
+    import folder_paths
+
+    register_folder()
+    names = folder_paths.get_filename_list(FOLDER)
+    return [AUTO] + [n for n in names if n.lower().endswith(WEIGHT_SUFFIXES)]
+
+
+def resolve_weights(backbone: str, choice: str) -> Path:
+    """The weights file to load: the chosen one, else the first official file name found in
+    ``models/rvm`` or rvm-live's cache, else what rvm-live can fetch; a missing file is a one-line error
+    naming the file and both places to put it."""
+    import folder_paths
+
+    folders = register_folder()
+    if choice != AUTO:
+        path = folder_paths.get_full_path(FOLDER, choice)
+        if path is None:
+            raise WeightsError(f"weights {choice!r} is not in {' or '.join(folders)}")
+        return Path(path)
+    places = [Path(f) for f in folders] + [cache_dir()]
+    for asset in candidate_assets(backbone):
+        for place in places:
+            if (place / asset.filename).is_file():
+                return place / asset.filename
+    try:
+        return find_weights(backbone)
+    except WeightsError as exc:
+        wanted = official_asset(backbone)
+        raise WeightsError(
+            f"no {backbone} weights: download {wanted.filename} ({wanted.url}) and put it in {folders[0]} "
+            f"or in {cache_dir()}, or pick a file in the node's 'weights' input ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the node runs, and what the user should be told about it."""
+
+    device: torch.device
+    dtype: torch.dtype
+    notes: tuple[str, ...] = ()
+
+
+def _available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    if device.type == "xpu":
+        return hasattr(torch, "xpu") and torch.xpu.is_available()
+    return device.type == "cpu"
+
+
+def place(fp16: bool) -> Placement:
+    """ComfyUI's device (``get_torch_device()``), or the CPU where RVM can't run on it; fp16 on CUDA only."""
+    import comfy.model_management as mm
+
+    device, notes = mm.get_torch_device(), []
+    if device.type not in RVM_DEVICE_TYPES or not _available(device):
+        notes.append(f"RVM can't run on ComfyUI's device {device} (it runs on {', '.join(RVM_DEVICE_TYPES)}); "
+                     "running on the CPU")
+        device = torch.device("cpu")
+    return _with_dtype(device, fp16, notes)
+
+
+def _with_dtype(device: torch.device, fp16: bool, notes: list[str]) -> Placement:
+    if fp16 and device.type != "cuda":
+        notes.append(f"fp16 is only used on CUDA: running in fp32 on {device.type}")
+    dtype = torch.float16 if fp16 and device.type == "cuda" else torch.float32
+    return Placement(device, dtype, tuple(notes))
+
+
+def load(backbone: str, weights: Path, placement: Placement) -> MattingNetwork:
+    """The network on ``placement``'s device, loaded through ComfyUI's model management and kept (cached)
+    until ComfyUI unloads it."""
+    import comfy.model_management as mm
+
+    patcher = _patcher(backbone, weights, placement)
+    # full load: our modules have no ComfyUI weight casting, so a partly loaded network could not run
+    mm.load_models_gpu([patcher], force_full_load=True)
+    return patcher.model
+
+
+def _patcher(backbone: str, weights: Path, placement: Placement) -> object:
+    import comfy.model_management as mm
+    from comfy.model_patcher import ModelPatcher
+    from comfy.patcher_extension import CallbacksMP
+
+    key = (backbone, str(weights), placement.dtype, placement.device)
+    patcher = _patchers.get(key)
+    if patcher is not None:
+        return patcher
+    log.info("loading RVM %s from %s for %s (%s)", backbone, weights, placement.device, placement.dtype)
+    network = load_model(backbone, weights=weights).to(dtype=placement.dtype, memory_format=torch.channels_last)
+    offload = mm.unet_offload_device() if placement.device.type != "cpu" else placement.device
+    patcher = ModelPatcher(network, load_device=placement.device, offload_device=offload)
+
+    def forget(detached: object, unpatch_all: bool = True) -> None:
+        # ComfyUI unloaded it ("Unload models", POST /free, or to make room): let it go
+        if _patchers.get(key) is detached:
+            del _patchers[key]
+            log.info("RVM %s unloaded by ComfyUI", backbone)
+
+    patcher.add_callback(CallbacksMP.ON_DETACH, forget)
+    _patchers[key] = patcher
+    return patcher
+
+
+def tell(node_id: str | None, text: str) -> None:
+    """Show ``text`` on the node in ComfyUI's UI (and log it), where the server supports node text."""
+    log.warning("%s", text)
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:  # not inside a ComfyUI server
+        return
+    send = getattr(PromptServer.instance, "send_progress_text", None)
+    if send is not None:  # ComfyUI >= 0.3.40
+        send(text, node_id)
