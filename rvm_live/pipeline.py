@@ -63,6 +63,8 @@ class Pipeline:
         self.sinks = sinks if sinks is not None else [create_sink(s, config) for s in default_outputs(config)]
         if not self.sinks:
             raise ConfigError("no outputs")
+        if config.control and sinks is None:  # the web page's live preview taps the output (sinks/mjpeg.py)
+            self.sinks.append(create_sink("preview", config))
         try:
             check_background(config.bg)  # a typo fails now, before a model is loaded or downloaded
         except ValueError as exc:

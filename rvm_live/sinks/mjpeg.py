@@ -1,0 +1,124 @@
+"""A tap on the output for the live preview: keeps only the latest frame and JPEG-encodes it on demand.
+
+The sink thread only swaps a reference (no copy, no encoding), so a tap never slows the pipeline. Whoever
+watches (the web page's ``/stream.mjpg``) calls :meth:`MjpegTap.wait_jpeg` from its own thread: a frame is
+encoded at most once, however many clients watch, and not at all while nobody does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from .base import register_sink
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..frame import Frame
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 80
+CHECKER_PX = 16  # a transparent output is shown over a grey checkerboard, as image editors do
+
+
+class MjpegTap:
+    """The latest output frame, and its JPEG encoding made lazily for preview clients."""
+
+    name = "preview"
+    live = False  # never paced: with a file source a live sink would slow the whole job to the file's rate
+    accepts_alpha = True
+
+    def __init__(self, quality: int = JPEG_QUALITY) -> None:
+        if not 1 <= quality <= 100:
+            raise ValueError(f"preview JPEG quality {quality!r}: expected 1..100")
+        self.quality = quality
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._seq = 0  # bumped on every new frame; clients remember the last one they sent
+        self._jpeg: tuple[int, bytes] | None = None  # (seq, bytes) of the last encoding
+        self._encode_lock = threading.Lock()
+        self.closed = False
+        self.encoded = 0  # frames encoded so far: zero while nobody watches
+
+    def open(self, width: int, height: int, fps: float) -> None:
+        """Ready to take frames (again, after ``close()``)."""
+        with self._cond:
+            self.closed = False
+
+    def write(self, frame: Frame) -> None:
+        """Keep ``frame`` as the latest one: a reference swap, nothing else."""
+        with self._cond:
+            self._frame = frame
+            self._seq += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wake waiting clients; the last frame stays readable. Safe to call more than once."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    @property
+    def seq(self) -> int:
+        """How many frames the tap has seen."""
+        return self._seq
+
+    def wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+        """The JPEG of the first frame newer than ``after``, as ``(seq, bytes)``; None on timeout or close."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seq > after or self.closed, timeout):
+                return None
+            if self._seq <= after or self._frame is None:
+                return None
+            frame, seq = self._frame, self._seq
+        return seq, self._encode(frame, seq)
+
+    def _encode(self, frame: Frame, seq: int) -> bytes:
+        # one encoder at a time: a second client asking for the same frame reuses the first one's bytes
+        with self._encode_lock:
+            cached = self._jpeg
+            if cached is not None and cached[0] >= seq:
+                return cached[1]
+            data = encode_jpeg(frame.image, self.quality)
+            self._jpeg = (seq, data)
+            self.encoded += 1
+            return data
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """RGB or RGBA uint8 ``H x W x C`` as JPEG bytes (RGBA over a checkerboard, JPEG has no alpha)."""
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise ValueError(f"preview: expected an H x W x 3/4 uint8 image, got {image.shape} {image.dtype}")
+    if image.shape[2] == 4:
+        image = _over_checkerboard(image)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV encodes any 8-bit 3-channel image
+        raise ValueError("preview: JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _over_checkerboard(rgba: np.ndarray) -> np.ndarray:
+    h, w = rgba.shape[:2]
+    yy, xx = np.indices((h, w))
+    board = np.where(((yy // CHECKER_PX + xx // CHECKER_PX) % 2)[..., None] == 0, 204, 153).astype(np.float32)
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    return (rgba[..., :3] * alpha + board * (1.0 - alpha) + 0.5).astype(np.uint8)
+
+
+def find_tap(controller: object) -> MjpegTap | None:
+    """The preview tap among the controller's outputs (``controller.sinks``), if it has one."""
+    for sink in getattr(controller, "sinks", None) or ():
+        if isinstance(sink, MjpegTap):
+            return sink
+    return None
+
+
+@register_sink("preview")
+def preview_sink(spec: str, config: Config) -> MjpegTap:
+    """Factory for ``preview``: attached automatically when the control API (and its web page) is on."""
+    return MjpegTap()
