@@ -53,6 +53,8 @@ class MjpegTap:
     def write(self, frame: Frame) -> None:
         """Keep ``frame`` as the latest one: a reference swap, nothing else."""
         with self._cond:
+            if self.closed:
+                return  # closed until opened again
             self._frame = frame
             self._seq += 1
             self._cond.notify_all()
