@@ -183,6 +183,22 @@ def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(serv
     assert parts <= PREVIEW_FPS * elapsed + 2
 
 
+def test_stream_rate_can_be_asked_for_within_limits(server):
+    conn, resp = open_stream(server, "/stream.mjpg?fps=3", auth())
+    try:
+        read_part(resp)
+        start, parts = time.monotonic(), 0
+        while time.monotonic() - start < 1.5:
+            read_part(resp)
+            parts += 1
+        assert parts <= 3 * (time.monotonic() - start) + 2
+    finally:
+        conn.close()
+    for bad in ("0", "-1", "61", "fast", "nan"):
+        status, _, body = call(server, "GET", f"/stream.mjpg?fps={bad}", headers=auth())
+        assert status == 400 and "expected a number in (0, 60]" in json.loads(body)["error"], bad
+
+
 def test_stream_ends_when_the_output_closes(server, controller):
     conn, resp = open_stream(server, headers=auth())
     try:

@@ -2,9 +2,9 @@
 
 - ``GET /`` and ``GET /static/NAME``: the page itself, public: it holds no data and performs nothing; what it
   shows and does goes through the token-guarded API.
-- ``GET /stream.mjpg``: the live output as MJPEG (``multipart/x-mixed-replace``), at most ``PREVIEW_FPS``
-  frames a second, for the page's ``<img>``, OBS's Media Source, VLC or FFmpeg. With a token it is needed
-  as a bearer header or as ``?token=`` (an ``<img>``, OBS and VLC cannot send headers).
+- ``GET /stream.mjpg[?fps=N]``: the live output as MJPEG (``multipart/x-mixed-replace``), at most
+  ``PREVIEW_FPS`` (or N) frames a second, for the page's ``<img>``, OBS's Media Source, VLC or FFmpeg.
+  With a token it is needed as a bearer header or as ``?token=`` (``<img>``, OBS, VLC cannot send headers).
 - ``POST /background/image``: an uploaded PNG/JPEG/WebP image (raw body) becomes the background; bearer
   token like the API, at most ``MAX_UPLOAD`` bytes and ``MAX_PIXELS`` pixels.
 """
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PREVIEW_FPS = 12.0  # enough to judge a matte; a browser tab must not cost the pipeline CPU
+MAX_STREAM_FPS = 60.0  # ``?fps=`` may ask for more, e.g. OBS taking the stream as its video source
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a small file may still decode to a huge image (a "decompression bomb")
 UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
@@ -56,7 +57,7 @@ def handle(handler: BaseHTTPRequestHandler, path: str) -> None:
         _send_file(handler, _static_path(path[len("/static/"):]))
     elif path == "/stream.mjpg":
         _check_token(handler, allow_query=True)
-        _stream(handler, _tap(handler))
+        _stream(handler, _tap(handler), _stream_fps(handler))
     else:
         _check_token(handler, allow_query=False)
         _upload(handler)
@@ -110,15 +111,28 @@ def _tap(handler: BaseHTTPRequestHandler) -> MjpegTap:
     return tap
 
 
-def _stream(handler: BaseHTTPRequestHandler, tap: MjpegTap) -> None:
-    """Send the tap's frames as multipart JPEG parts until the client leaves or the output closes."""
+def _stream_fps(handler: BaseHTTPRequestHandler) -> float:
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)
+    text = (query.get("fps") or [str(PREVIEW_FPS)])[0]
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = 0.0
+    if not 0 < fps <= MAX_STREAM_FPS:
+        raise _http_error(400, f"fps {text!r}: expected a number in (0, {MAX_STREAM_FPS:g}]")
+    return fps
+
+
+def _stream(handler: BaseHTTPRequestHandler, tap: MjpegTap, fps: float) -> None:
+    """Send the tap's frames as multipart JPEG parts, at most ``fps`` a second, until the client leaves or
+    the output closes."""
     handler.close_connection = True
     handler.send_response(200)
     handler.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
     handler.send_header("Cache-Control", "no-store")
     handler.send_header("Connection", "close")
     handler.end_headers()
-    period, seq, sent = 1.0 / PREVIEW_FPS, 0, 0
+    period, seq, sent = 1.0 / fps, 0, 0
     try:
         while True:
             started = time.monotonic()

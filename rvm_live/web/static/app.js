@@ -137,7 +137,8 @@ function drawChart() {
   for (const [key, colour, unit] of series) {
     const values = samples.map((s) => s[key]).filter((v) => typeof v === "number");
     if (values.length < 2) continue;
-    const top = Math.max(...values) * 1.1 || 1;
+    const max = Math.max(...values);
+    const top = max * 1.1 || 1;
     ctx.strokeStyle = colour;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
@@ -149,7 +150,7 @@ function drawChart() {
     ctx.stroke();
     ctx.fillStyle = colour;
     ctx.textAlign = key === "fps" ? "left" : "right";
-    ctx.fillText(top.toFixed(key === "fps" ? 1 : 0) + unit, key === "fps" ? pad : w - pad, 12);
+    ctx.fillText(max.toFixed(key === "fps" ? 1 : 0) + unit, key === "fps" ? pad : w - pad, 12);
   }
 }
 
