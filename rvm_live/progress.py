@@ -7,6 +7,7 @@ is shown when stderr is not a terminal (logs and CI stay clean) or with ``--quie
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BAR_PERIOD_S = 0.25
 STATUS_PERIOD_S = 1.0
+FPS_WINDOW = 3  # status samples the fps are averaged over
 
 
 def expected_frames(path: str | None, max_frames: int | None = None) -> int | None:
@@ -92,7 +94,8 @@ class Progress:
         else:
             self._bar = tqdm(total=total, unit="frame", desc="matting", file=self._stream,
                              mininterval=BAR_PERIOD_S, smoothing=0.1, **size)
-        self._last: tuple[float, int, int] | None = None  # (time, frames_in, frames_out) of the last sample
+        # (time, frames_in, frames_out) of the last few samples: fps over ~3 s, not jumping with each second
+        self._recent: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=FPS_WINDOW + 1)
         self._closed = False
 
     def start(self) -> Progress:
@@ -112,13 +115,11 @@ class Progress:
         if not self.live:
             self._bar.update(max(0, stats["frames_out"] - self._bar.n))
             return
-        now = time.monotonic()
-        frames_in, frames_out = stats["frames_in"], stats["frames_out"]
+        self._recent.append((time.monotonic(), stats["frames_in"], stats["frames_out"]))
+        (t0, in0, out0), (t1, in1, out1) = self._recent[0], self._recent[-1]
         fps_in = fps_out = None
-        if self._last is not None and now > self._last[0]:
-            span = now - self._last[0]
-            fps_in, fps_out = (frames_in - self._last[1]) / span, (frames_out - self._last[2]) / span
-        self._last = (now, frames_in, frames_out)
+        if t1 > t0:
+            fps_in, fps_out = (in1 - in0) / (t1 - t0), (out1 - out0) / (t1 - t0)
         self._bar.set_description_str(status_line(stats, fps_in, fps_out), refresh=True)
 
     def close(self) -> None:

@@ -173,8 +173,8 @@ def test_page_shows_the_preview_and_stats_and_a_colour_click_changes_the_backgro
     not_blank(shot)
     if os.environ.get("RVM_LIVE_DOCS_SCREENSHOT"):
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        # 64 colours keep the committed PNG small and the page legible
-        Image.open(io.BytesIO(shot)).convert("RGB").quantize(64).save(DOCS_SCREENSHOT, optimize=True)
+        # a 128-colour palette keeps the committed PNG small and the page legible
+        Image.open(io.BytesIO(shot)).convert("RGB").quantize(128).save(DOCS_SCREENSHOT, optimize=True)
 
 
 def test_upload_an_image_from_the_page(page, daemon, tmp_path):

@@ -8,7 +8,8 @@ const TOKEN_KEY = "rvm-live-token";
 const HISTORY_S = 60;
 const $ = (id) => document.getElementById(id);
 const samples = [];  // {fps, p95} once a second, the last minute
-let last = null;     // previous stats sample, for fps from deltas
+const FPS_WINDOW = 5;  // seconds
+const recent = [];    // the last few stats samples, for fps from deltas
 let token = takeToken();
 
 function takeToken() {
@@ -42,8 +43,7 @@ async function api(method, path, body, contentType = "application/json") {
 async function act(label, method, path, body, contentType) {
   try {
     await api(method, path, body, contentType);
-    say(label, false);
-    poll();
+    say(label, false);  // the next poll (within a second) shows the new state
   } catch (err) {
     say(label + " failed: " + err.message);
   }
@@ -80,13 +80,17 @@ async function poll() {
     $("state").className = "badge down";
     return say(err.message);
   }
-  const now = performance.now() / 1000;
+  // fps over the last few seconds: one-second counts of a slow pipeline jump between 0 and 2
+  recent.push({ t: performance.now() / 1000, frames_in: stats.frames_in, frames_out: stats.frames_out });
+  if (recent.length > FPS_WINDOW + 1) recent.shift();
+  const first = recent[0], now = recent[recent.length - 1];
   let fpsIn = null, fpsOut = null;
-  if (last && now > last.t) {
-    fpsIn = (stats.frames_in - last.frames_in) / (now - last.t);
-    fpsOut = (stats.frames_out - last.frames_out) / (now - last.t);
+  if (now.t > first.t && now.frames_out >= first.frames_out) {  // (a restarted daemon counts from 0)
+    fpsIn = (now.frames_in - first.frames_in) / (now.t - first.t);
+    fpsOut = (now.frames_out - first.frames_out) / (now.t - first.t);
+  } else if (now.frames_out < first.frames_out) {
+    recent.splice(0, recent.length - 1);
   }
-  last = { t: now, frames_in: stats.frames_in, frames_out: stats.frames_out };
   const lat = stats.latency_ms || {};
   $("fps-in").textContent = fmt(fpsIn);
   $("fps-out").textContent = fmt(fpsOut ?? stats.fps_out);
