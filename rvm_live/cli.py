@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN)")
     run.add_argument("--no-signal-timeout", type=float, metavar="S")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or live status line")
     return p
 
 
@@ -108,6 +109,7 @@ class ConfigSource:
     def __init__(self, argv: list[str]) -> None:
         flags = vars(build_parser().parse_args(argv))
         self.path: str | None = flags.pop("config", None)
+        self.quiet = bool(flags.pop("quiet", False))  # terminal display only: not part of the Config
         camera = flags.pop("camera", None)
         if camera is not None:
             flags["source"] = f"camera:{camera}"
@@ -184,8 +186,9 @@ def run(argv: list[str]) -> int:
     _setup_logging(config.log_level)
     from .control import ControlServer, parse_address
     from .daemon import Daemon as Pipeline
+    from .progress import start_progress
 
-    pipeline = server = None
+    pipeline = server = progress = None
     restore = lambda: None  # noqa: E731
     try:
         pipeline = Pipeline(config)
@@ -196,6 +199,7 @@ def run(argv: list[str]) -> int:
             log.info("control API on http://%s:%d", *server.address)
         restore = _install_signals(pipeline, config_source)
         pipeline.start()
+        progress = start_progress(pipeline, quiet=config_source.quiet)
         _wait(pipeline)
         code = EXIT_OK
     except ConfigError as exc:
@@ -208,6 +212,8 @@ def run(argv: list[str]) -> int:
         log.debug("unexpected failure", exc_info=True)
         code = _fail(f"{type(exc).__name__}: {exc}")
     finally:
+        if progress is not None:
+            progress.close()
         if server is not None:
             server.close()
         if pipeline is not None:

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from . import web
 from .compositing import check_background
 from .errors import ConfigError
 
@@ -248,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         path = urllib.parse.urlsplit(self.path).path.rstrip("/") or "/"
         try:
+            if web.serves(self.command, path):  # the web page, its preview stream and uploads (rvm_live/web)
+                web.handle(self, path)
+                return
             self._authorize()
             if path.startswith("/streams/"):
                 try:

@@ -58,6 +58,8 @@ class Session:
                                                       for s in default_outputs(config, output_suffix)]
         if not self.sinks:
             raise ConfigError(f"stream {stream_id}: no outputs")
+        if config.control and sinks is None:  # the web page's live preview taps the output (sinks/mjpeg.py)
+            self.sinks.append(create_sink("preview", config))
         try:
             check_background(config.bg)  # a typo fails now, before a model is loaded or downloaded
         except ValueError as exc:

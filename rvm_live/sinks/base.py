@@ -39,6 +39,6 @@ sink_key = _REGISTRY.key
 
 def create_sink(spec: str, config: Config) -> Sink:
     """Instantiate the sink named by ``spec`` (not yet opened)."""
-    from . import null, stream, vcam, window  # noqa: F401  (register the built-in plug-ins)
+    from . import mjpeg, null, stream, vcam, window  # noqa: F401  (register the built-in plug-ins)
 
     return _REGISTRY.create(spec, config)
