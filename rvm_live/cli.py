@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")
     comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")
+    comp.add_argument("--bg-fallback", metavar="COLOUR",
+                      help="colour shown when a background video breaks mid-run (default green)")
+    comp.add_argument("--bg-max-megapixels", type=float, metavar="MP",
+                      help="largest background image accepted (default 40)")
     comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")
     comp.add_argument("--mirror", action=argparse.BooleanOptionalAction)
     comp.add_argument("--side-by-side", action=argparse.BooleanOptionalAction,

@@ -44,6 +44,8 @@ class Config:
     chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
     # compositing
     bg: str = "green"
+    bg_fallback: str = "green"  # the colour a background video that breaks mid-run falls back to
+    bg_max_megapixels: float = 40.0  # larger background images are refused
     mask_threshold: float | None = None
     mirror: bool = False
     side_by_side: bool = False

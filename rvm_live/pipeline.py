@@ -101,7 +101,8 @@ class Pipeline:
     def _load_background(self, spec: str) -> Background:
         # a live pipeline never waits on a background video's decoder; a file job gets every frame of it
         try:
-            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype, live=self.live)
+            return parse_background(spec, device=self.matter.device, dtype=self.matter.dtype, live=self.live,
+                                    fallback=self.config.bg_fallback, max_megapixels=self.config.bg_max_megapixels)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -385,7 +386,11 @@ class Pipeline:
     def health(self) -> dict[str, Any]:
         alive = all(t.is_alive() for t in self._threads) if self._threads else False
         return {"ok": alive and not self.stop_event.is_set(), "source_up": self.source_up,
-                "paused": self.paused.is_set()}
+                "paused": self.paused.is_set(), "background_error": self._background_error()}
+
+    def _background_error(self) -> str | None:
+        background = self._background
+        return background.failure if background is not None else None
 
     def stats(self) -> dict[str, Any]:
         """The stats JSON: counts, fps, capture→sink latency, model settings, per-sink and outages."""
@@ -393,7 +398,8 @@ class Pipeline:
         return self.stats_data.snapshot(
             frames_dropped=dropped, backbone=self.matter.backbone, device=str(self.matter.device),
             downsample_ratio=self.matter.ratio, sinks={w.sink.name: w.info() for w in self.workers},
-            source_up=self.source_up, paused=self.paused.is_set(), background=self.background_spec)
+            source_up=self.source_up, paused=self.paused.is_set(), background=self.background_spec,
+            background_error=self._background_error())
 
     def set_background(self, spec: str) -> None:
         """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""
