@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int)
     run.add_argument("--stats-json", metavar="PATH", help="write the stats JSON here on exit")
     run.add_argument("--control", metavar="HOST:PORT", help="start the HTTP control API")
-    run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN)")
+    run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN; visible to other users "
+                                             "in the process list: prefer --control-token-file)")
+    run.add_argument("--control-token-file", metavar="PATH", help="read the bearer token from this file")
     run.add_argument("--no-signal-timeout", type=float, metavar="S")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return p

@@ -23,14 +23,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageColor
+from PIL import Image
 
+from .colors import parse_color
 from .errors import MediaError, one_line
 
 log = logging.getLogger(__name__)
 
-_HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
-_NAME = re.compile(r"[A-Za-z]+")
 _BLUR = re.compile(r"blur(?::(\d+(?:\.\d+)?))?")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".ts", ".y4m"})
@@ -40,19 +39,6 @@ DEFAULT_MAX_MEGAPIXELS = 40.0
 DEFAULT_FALLBACK = "green"
 FALLBACK_HOLD_S = 2.0  # a broken background video shows its last good frame this long, then the fallback
 _SPEC_HELP = "expected a colour name, #rrggbb, #rgb, an image or video file, blur, blur:RADIUS or transparent"
-
-
-def parse_color(spec: str) -> tuple[int, int, int]:
-    """RGB of a CSS/PIL colour name (``green`` is #008000) or ``#rrggbb`` / ``#rgb``."""
-    s = spec.strip() if isinstance(spec, str) else spec
-    # Only names and #hex are accepted; PIL also takes rgb()/hsl()/#rgba, which we do not advertise.
-    if not isinstance(s, str) or not (_HEX.fullmatch(s) or _NAME.fullmatch(s)):
-        raise ValueError(f"colour {spec!r}: expected a colour name or #rrggbb / #rgb")
-    try:
-        r, g, b = ImageColor.getrgb(s)[:3]
-    except ValueError:
-        raise ValueError(f"colour {spec!r}: unknown colour name") from None
-    return int(r), int(g), int(b)
 
 
 def frame_size(src: torch.Tensor) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .compositing import Background, check_background, composite, parse_background
-from .config import Config
+from .config import Config, check_internal_size
 from .errors import (
     ConfigError,
     MediaError,
@@ -109,6 +109,9 @@ class Pipeline:
     def open_source(self) -> None:
         """Open the source in the caller's thread, so a bad camera or file fails before anything starts."""
         self.source.open()
+        size = getattr(self.source, "size", None)
+        if size and all(size):  # the ratio's floor depends on the frame size, known only now
+            check_internal_size(self.config.downsample, *size)
         self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
