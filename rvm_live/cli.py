@@ -190,12 +190,12 @@ def run(argv: list[str]) -> int:
     restore = lambda: None  # noqa: E731
     try:
         pipeline = Pipeline(config)
+        restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if config.control:
             host, port = parse_address(config.control)
             server = ControlServer(pipeline, host, port, token=config.control_token).start()
             log.info("control API on http://%s:%d", *server.address)
-        restore = _install_signals(pipeline, config_source)
         pipeline.start()
         _wait(pipeline)
         code = EXIT_OK
@@ -289,5 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
+def entry() -> NoReturn:
+    """``rvm-live`` and ``python -m rvm_live``: ``main()``, then exit at once. Everything is written and
+    closed by then; tearing down torch's and onnxruntime's thread pools (and any daemon thread still
+    inside a library call) would only add seconds to every stop, or crash under a stuck thread."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

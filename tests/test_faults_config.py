@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+from daemon import Daemon
 
 from rvm_live.config import Config, config_from_mapping, load_toml
 from rvm_live.errors import ConfigError
@@ -97,33 +96,16 @@ def test_ratio_too_small_for_the_source_is_refused(carphone_path, official_onnx_
 
 
 def test_a_bad_sighup_config_keeps_the_daemon_running(tmp_path, carphone_path, official_onnx_path):
-    from media import free_port
-
     cfg = tmp_path / "live.toml"
     cfg.write_text(f'source = "{carphone_path}"\nrealtime = true\nloop = true\noutputs = ["null"]\n')
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rvm_live", "--config", str(cfg), "--control",
-                             f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
-
-    def frames_out():
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as resp:
-            return json.loads(resp.read())["frames_out"]
-
-    try:
-        for line in proc.stderr:
-            if "control API" in line:
-                break
+    with Daemon("--config", str(cfg)) as daemon:
         cfg.write_text(cfg.read_text() + 'mask_threshold = "abc"\n')
-        proc.send_signal(signal.SIGHUP)
-        before = frames_out()
+        daemon.proc.send_signal(signal.SIGHUP)
+        before = daemon.get("/stats")["frames_out"]
         deadline = time.monotonic() + 30
-        while frames_out() <= before + 5 and time.monotonic() < deadline:
+        while daemon.get("/stats")["frames_out"] <= before + 5 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert proc.poll() is None and frames_out() > before + 5
-        proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=30)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode == 0
-    assert f"SIGHUP: {cfg}: mask_threshold = 'abc': expected a number" in err and "Traceback" not in err
+        assert daemon.proc.poll() is None and daemon.get("/stats")["frames_out"] > before + 5
+        assert daemon.stop() == 0
+    assert f"SIGHUP: {cfg}: mask_threshold = 'abc': expected a number" in daemon.stderr
+    assert "Traceback" not in daemon.stderr
