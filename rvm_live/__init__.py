@@ -1,16 +1,28 @@
-"""rvm-live: real-time background matting with Robust Video Matting."""
+"""rvm-live: real-time background matting with Robust Video Matting.
+
+The model API (``Matter``, ``matting``, ``load_model``, ...) is imported on first use: ``import rvm_live`` stays
+light, so the daemon installs its signal handlers before torch loads and an output's writer process never
+loads torch at all.
+"""
 
 from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 # OpenCV must be imported before PyAV: the other order makes cv2's GUI calls spin forever (PyAV #978).
 import cv2  # noqa: F401  isort: skip
 
 from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError, WeightsError
-from .matting import Matter, auto_downsample_ratio, matting
-from .model.network import MattingNetwork
-from .weights import find_weights, load_model
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Matter": "matting", "auto_downsample_ratio": "matting", "matting": "matting",
+    "MattingNetwork": "model.network", "find_weights": "weights", "load_model": "weights",
+}
 
 __all__ = [
     "ConfigError",
@@ -27,3 +39,34 @@ __all__ = [
     "load_model",
     "matting",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rvm_live' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``rvm_live.matting`` is the function (as before), although a submodule has the same name: importing
+    the submodule sets the package attribute, which this property turns away."""
+
+    @property
+    def matting(self) -> Any:
+        from .matting import matting
+
+        return matting
+
+    @matting.setter
+    def matting(self, value: Any) -> None:
+        pass  # the import system binding the submodule: rvm_live.matting stays the function
+
+
+sys.modules[__name__].__class__ = _Package

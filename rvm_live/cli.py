@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")
     comp.add_argument("--bg", help="colour name | #rrggbb | IMAGE | VIDEO | blur[:RADIUS] | transparent")
+    comp.add_argument("--bg-fallback", metavar="COLOUR",
+                      help="colour shown when a background video breaks mid-run (default green)")
+    comp.add_argument("--bg-max-megapixels", type=float, metavar="MP",
+                      help="largest background image accepted (default 40)")
     comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")
     comp.add_argument("--mirror", action=argparse.BooleanOptionalAction)
     comp.add_argument("--side-by-side", action=argparse.BooleanOptionalAction,
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int)
     run.add_argument("--stats-json", metavar="PATH", help="write the stats JSON here on exit")
     run.add_argument("--control", metavar="HOST:PORT", help="start the HTTP control API")
-    run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN)")
+    run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN; visible to other users "
+                                             "in the process list: prefer --control-token-file)")
+    run.add_argument("--control-token-file", metavar="PATH", help="read the bearer token from this file")
     run.add_argument("--no-signal-timeout", type=float, metavar="S")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or live status line")
@@ -192,12 +198,12 @@ def run(argv: list[str]) -> int:
     restore = lambda: None  # noqa: E731
     try:
         pipeline = Pipeline(config)
+        restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if config.control:
             host, port = parse_address(config.control)
             server = ControlServer(pipeline, host, port, token=config.control_token).start()
             log.info("control API on http://%s:%d", *server.address)
-        restore = _install_signals(pipeline, config_source)
         pipeline.start()
         progress = start_progress(pipeline, quiet=config_source.quiet)
         _wait(pipeline)
@@ -294,5 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
+def entry() -> NoReturn:
+    """``rvm-live`` and ``python -m rvm_live``: ``main()``, then exit at once. Everything is written and
+    closed by then; tearing down torch's and onnxruntime's thread pools (and any daemon thread still
+    inside a library call) would only add seconds to every stop, or crash under a stuck thread."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

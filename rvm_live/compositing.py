@@ -13,6 +13,8 @@ import os
 import queue
 import re
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,33 +23,22 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ImageColor
+from PIL import Image
 
-from .errors import MediaError
+from .colors import parse_color
+from .errors import MediaError, one_line
 
 log = logging.getLogger(__name__)
 
-_HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
-_NAME = re.compile(r"[A-Za-z]+")
 _BLUR = re.compile(r"blur(?::(\d+(?:\.\d+)?))?")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif", ".ts", ".y4m"})
 DEFAULT_BLUR_RADIUS = 16.0
 MAX_BLUR_RADIUS = 256.0
+DEFAULT_MAX_MEGAPIXELS = 40.0
+DEFAULT_FALLBACK = "green"
+FALLBACK_HOLD_S = 2.0  # a broken background video shows its last good frame this long, then the fallback
 _SPEC_HELP = "expected a colour name, #rrggbb, #rgb, an image or video file, blur, blur:RADIUS or transparent"
-
-
-def parse_color(spec: str) -> tuple[int, int, int]:
-    """RGB of a CSS/PIL colour name (``green`` is #008000) or ``#rrggbb`` / ``#rgb``."""
-    s = spec.strip() if isinstance(spec, str) else spec
-    # Only names and #hex are accepted; PIL also takes rgb()/hsl()/#rgba, which we do not advertise.
-    if not isinstance(s, str) or not (_HEX.fullmatch(s) or _NAME.fullmatch(s)):
-        raise ValueError(f"colour {spec!r}: expected a colour name or #rrggbb / #rgb")
-    try:
-        r, g, b = ImageColor.getrgb(s)[:3]
-    except ValueError:
-        raise ValueError(f"colour {spec!r}: unknown colour name") from None
-    return int(r), int(g), int(b)
 
 
 def frame_size(src: torch.Tensor) -> tuple[int, int]:
@@ -79,6 +70,7 @@ class Background:
     """What goes behind the subject. ``for_frame`` is called once per output frame."""
 
     transparent: bool = False
+    failure: str | None = None  # set (one line) when the background broke and a fallback is shown instead
 
     def for_frame(self, src: torch.Tensor) -> torch.Tensor | None:
         """``[1,3,H,W]`` background for source frame ``src``, or None when ``transparent``."""
@@ -110,22 +102,54 @@ class ColorBackground(Background):
         return "ColorBackground(#{:02x}{:02x}{:02x})".format(*self.rgb)
 
 
-class ImageBackground(Background):
-    """A still picture, loaded once and cover-fitted again only when the frame size changes."""
+def image_size(path: str) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header without decoding it; None when PIL cannot tell."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError:
+        return (1 << 16, 1 << 16)  # PIL refuses to even describe it: far over any sane limit
+    except (OSError, ValueError, SyntaxError):
+        return None
 
-    def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype):
+
+def shrink_to_cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` scaled down (aspect kept) to the smallest size that still covers ``height`` x ``width``."""
+    h, w = image.shape[:2]
+    scale = max(width / w, height / h)
+    if scale >= 1:
+        return image
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class ImageBackground(Background):
+    """A still picture, loaded once and cover-fitted again only when the frame size changes.
+
+    Pictures over ``max_megapixels`` are refused before decoding; what is kept is scaled down to cover
+    4K at load and to cover the frame size at the first frame, so a huge photo costs little memory."""
+
+    def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS):
         self.path = str(path)
         self.device, self.dtype = device, dtype
+        size = image_size(self.path)
+        if size is not None and size[0] * size[1] > max_megapixels * 1e6:
+            raise MediaError(f"image {self.path}: {size[0]}x{size[1]} is over the {max_megapixels:g} MP limit "
+                             "(bg_max_megapixels)")
         bgr = cv2.imread(self.path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise MediaError(f"image {self.path}: cannot read it (missing, unreadable or not an image)")
-        self._image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        self._image = shrink_to_cover(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 2160, 3840)
+        self._shrunk = False
         self._fitted: torch.Tensor | None = None
 
     def for_frame(self, src: torch.Tensor) -> torch.Tensor:
         h, w = frame_size(src)
         if self._fitted is None or self._fitted.shape[-2:] != (h, w):
             log.debug("fitting background image %s to %dx%d", self.path, w, h)
+            if not self._shrunk:  # the output size is known now: keep only what covers it
+                self._image, self._shrunk = shrink_to_cover(self._image, h, w), True
             self._fitted = to_device(cover_fit(self._image, h, w), self.device, self.dtype)
         return self._fitted
 
@@ -207,48 +231,72 @@ LIVE_STALL_S = 0.02  # a live pipeline waits at most this long for the next back
 FILE_STALL_S = 5.0
 
 
+def _rgb_frames(container: av.container.InputContainer) -> Iterator[np.ndarray]:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    for frame in container.decode(stream):
+        yield frame.to_ndarray(format="rgb24")
+
+
 class VideoBackground(Background):
-    """A video file looped forever, one background frame per output frame, decoded by its own thread."""
+    """A video file looped forever, one background frame per output frame, decoded by its own thread.
+
+    The first frame is decoded in the constructor, so a file that cannot be decoded is refused up front.
+    A video that breaks later (corrupt part-way, deleted, unreadable) never stops the pipeline: one
+    warning, ``failure`` says why, the last good frame stays for ``hold_s``, then the ``fallback`` colour."""
 
     def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
-                 queue_size: int = 4, stall_s: float = 0.02, first_frame_s: float = 10.0):
+                 queue_size: int = 4, stall_s: float = LIVE_STALL_S, fallback: str = DEFAULT_FALLBACK,
+                 hold_s: float = FALLBACK_HOLD_S):
         self.path = str(path)
         self.device, self.dtype = device, dtype
         # stall_s: how long a frame waits for the decoder before the last background is reused; short, so
-        # a decoder hiccup never holds up a live pipeline (the first frame may wait first_frame_s)
-        self._stall_s, self._first_frame_s = stall_s, first_frame_s
+        # a decoder hiccup never holds up a live pipeline
+        self._stall_s, self._hold_s = stall_s, hold_s
+        self._fallback = ColorBackground(parse_color(fallback), device=device, dtype=dtype)
+        self._fallback_name = fallback
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._target: tuple[int, int] | None = None  # frame size the decoder pre-fits to, off our thread
         self._error: BaseException | None = None
-        self._last: np.ndarray | None = None
+        self._failed_at: float | None = None
         self._fitted: torch.Tensor | None = None
         self._warned_stall = False
         self._closed = False
-        container = _open_video(self.path)  # opened here so a bad file fails at construction
-        self._thread = threading.Thread(target=self._decode, args=(container,), name="bg-video", daemon=True)
+        container = _open_video(self.path)
+        frames = _rgb_frames(container)
+        try:
+            self._last = next(frames)
+        except StopIteration:
+            container.close()
+            raise MediaError(f"background video {self.path}: has no frames") from None
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            container.close()
+            raise MediaError(f"background video {self.path}: cannot decode it: {one_line(exc)}") from exc
+        self._queue.put(self._last)
+        self._thread = threading.Thread(target=self._decode, args=(container, frames), name="bg-video",
+                                        daemon=True)
         self._thread.start()
 
-    def _decode(self, container: av.container.InputContainer) -> None:
+    def _decode(self, container: av.container.InputContainer, frames: Iterator[np.ndarray]) -> None:
         try:
+            n = 1  # the constructor's frame
             while not self._stop.is_set():
                 with container:
-                    n = self._decode_once(container)
+                    n += self._feed(frames)
                 if self._stop.is_set():
                     return
                 if n == 0:
-                    raise MediaError(f"background video {self.path}: has no frames")
+                    raise MediaError("no frames on this pass")
                 container = _open_video(self.path)  # reopening loops reliably where seek(0) may not
-        except BaseException as exc:  # handed to the inference thread by for_frame()
+                frames, n = _rgb_frames(container), 0
+        except BaseException as exc:  # reported by for_frame(), which falls back
             log.debug("background video %s decoder stopped: %s", self.path, exc)
             self._error = exc
 
-    def _decode_once(self, container: av.container.InputContainer) -> int:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    def _feed(self, frames: Iterator[np.ndarray]) -> int:
         n = 0
-        for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")
+        for rgb in frames:
             target = self._target
             if target is not None:
                 rgb = cover_fit(rgb, *target)
@@ -267,7 +315,9 @@ class VideoBackground(Background):
         h, w = frame_size(src)
         self._target = (h, w)
         rgb = self._next_frame()
-        if rgb is None:  # decoder is behind: keep showing the last frame rather than stall inference
+        if rgb is None:  # decoder behind or broken: keep showing the last frame rather than stall inference
+            if self._failed_at is not None and time.monotonic() - self._failed_at >= self._hold_s:
+                return self._fallback.for_frame(src)
             if self._fitted is not None and self._fitted.shape[-2:] == (h, w):
                 return self._fitted
             rgb = self._last
@@ -278,18 +328,17 @@ class VideoBackground(Background):
         return self._fitted
 
     def _next_frame(self) -> np.ndarray | None:
-        if self._last is None:
-            timeout = self._first_frame_s
-        else:
-            timeout = self._stall_s if self._thread.is_alive() else 0.0
+        timeout = self._stall_s if self._thread.is_alive() else 0.0
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             pass
         if self._error is not None:
-            raise MediaError(f"background video {self.path}: {self._error}") from self._error
-        if self._last is None:
-            raise MediaError(f"background video {self.path}: no frame decoded within {timeout:g} s")
+            if self._failed_at is None:
+                self._failed_at = time.monotonic()
+                self.failure = f"background video {self.path}: {one_line(self._error)}"
+                log.warning("%s; showing its last frame, then %s", self.failure, self._fallback_name)
+            return None
         if not self._warned_stall:
             log.warning("background video %s decodes slower than inference; repeating frames", self.path)
             self._warned_stall = True
@@ -356,18 +405,21 @@ def check_background(spec: str) -> str:
 
 
 def parse_background(spec: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                     live: bool = True) -> Background:
+                     live: bool = True, fallback: str = DEFAULT_FALLBACK,
+                     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Background:
     """The Background named by ``spec``: colour, image or video file, ``blur[:RADIUS]``, ``transparent``.
 
     ``live``: a video background repeats its last frame rather than hold up a live pipeline; for a file
-    job (``live=False``) every output frame waits for its own background frame."""
+    job (``live=False``) every output frame waits for its own background frame. ``fallback``: the colour a
+    video that breaks mid-run falls back to. ``max_megapixels``: the largest image accepted."""
     kind, value = _classify(spec)
     if kind == "color":
         return ColorBackground(value, device=device, dtype=dtype)
     if kind == "image":
-        return ImageBackground(value, device=device, dtype=dtype)
+        return ImageBackground(value, device=device, dtype=dtype, max_megapixels=max_megapixels)
     if kind == "video":
-        return VideoBackground(value, device=device, dtype=dtype, stall_s=LIVE_STALL_S if live else FILE_STALL_S)
+        return VideoBackground(value, device=device, dtype=dtype, stall_s=LIVE_STALL_S if live else FILE_STALL_S,
+                               fallback=fallback)
     if kind == "blur":
         return BlurBackground(value)
     return TransparentBackground()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .colors import parse_color
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -18,6 +21,7 @@ else:  # pragma: no cover
 BACKBONES = ("mobilenetv3", "resnet50")
 QUALITIES = ("auto", "fixed")
 ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -47,6 +51,8 @@ class Config:
     latency_budget: float = 100.0  # ms: the governor keeps a frame's time in inference under this
     # compositing
     bg: str = "green"
+    bg_fallback: str = "green"  # the colour a background video that breaks mid-run falls back to
+    bg_max_megapixels: float = 40.0  # larger background images are refused
     mask_threshold: float | None = None
     mirror: bool = False
     side_by_side: bool = False
@@ -62,50 +68,151 @@ class Config:
     stats_json: str | None = None
     control: str | None = None
     control_token: str | None = None
+    control_token_file: str | None = None  # the token's first line, read at start (kept out of the command line)
     no_signal_timeout: float = 1.0
     log_level: str = "info"
     # several streams through one engine: a list of tables, each with its own STREAM_KEYS (TOML [[streams]])
     streams: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.engine not in ("auto", *ENGINES):
-            raise ConfigError(f"engine: {self.engine!r} is not one of auto, {', '.join(ENGINES)}")
-        if self.downsample != "auto":
+        for f in fields(self):
+            value = getattr(self, f.name)
             try:
-                r = float(self.downsample)
-            except (TypeError, ValueError):
-                raise ConfigError(f"downsample: {self.downsample!r} is not 'auto' or a number") from None
-            if not 0 < r <= 1:
-                raise ConfigError(f"downsample: {r} must satisfy 0 < r <= 1")
-            object.__setattr__(self, "downsample", r)
-        for name in ("width", "height", "max_frames"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-                raise ConfigError(f"{name}: {v!r} must be a positive integer")
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0):
-            raise ConfigError(f"fps: {self.fps!r} must be a positive number")
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or not 0 <= self.chunk <= 16:
-            raise ConfigError(f"chunk: {self.chunk!r} must be an integer from 0 (auto) to 16")
-        if not isinstance(self.queue_size, int) or not 1 <= self.queue_size <= 8:
-            raise ConfigError(f"queue_size: {self.queue_size!r} must be an integer from 1 to 8")
-        if self.mask_threshold is not None and not 0 <= float(self.mask_threshold) < 1:
-            raise ConfigError(f"mask_threshold: {self.mask_threshold!r} must be in [0, 1)")
-        if self.quality not in QUALITIES:
-            raise ConfigError(f"quality: {self.quality!r} is not one of {', '.join(QUALITIES)}")
-        if isinstance(self.latency_budget, bool) or not isinstance(self.latency_budget, (int, float)) \
-                or not 1 <= self.latency_budget <= 10_000:
-            raise ConfigError(f"latency_budget: {self.latency_budget!r} must be a number of ms from 1 to 10000")
-        if isinstance(self.streams, list):
-            object.__setattr__(self, "streams", tuple(self.streams))
-        if isinstance(self.outputs, (list, str)):
-            outs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
-            object.__setattr__(self, "outputs", outs)
+                checked = _RULES[f.name](value)
+            except _Bad as bad:
+                raise ConfigError(f"{f.name} = {_show(value)}: expected {bad}") from None
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        if isinstance(self.downsample, float) and self.width and self.height:
+            check_internal_size(self.downsample, self.width, self.height)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated like the constructor)."""
         return dataclasses.replace(self, **changes)
+
+
+MIN_INTERNAL_PX = 32  # the network's coarsest stride: a smaller internal image has nothing left to match
+MAX_SIDE = 16384
+
+
+class _Bad(Exception):
+    """A value failed its rule; the message says what was expected."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+Rule = Callable[[Any], Any]
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Bad("true or false")
+    return v
+
+
+def _int(lo: int, hi: int) -> Rule:
+    def rule(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise _Bad(f"an integer from {lo} to {hi}")
+        return v
+    return rule
+
+
+def _number(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    what = f"a number {'>' if lo_open else '>='} {lo:g} and {'<' if hi_open else '<='} {hi:g}"
+
+    def rule(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise _Bad(what)
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            raise _Bad(what)
+        return float(v)
+    return rule
+
+
+def _text(max_len: int = 4096) -> Rule:
+    def rule(v: Any) -> str:
+        if not isinstance(v, str) or not v.strip() or len(v) > max_len or "\0" in v:
+            raise _Bad(f"a non-empty string of at most {max_len} characters")
+        return v
+    return rule
+
+
+def _choice(*choices: str) -> Rule:
+    def rule(v: Any) -> str:
+        if not isinstance(v, str) or v.lower() not in choices:
+            raise _Bad(f"one of {', '.join(choices)}")
+        return v.lower()
+    return rule
+
+
+def _ratio(v: Any) -> str | float:
+    if v == "auto":
+        return v
+    lowest = MIN_INTERNAL_PX / MAX_SIDE  # no frame is larger, so no smaller ratio can ever work
+    try:
+        return _number(lowest, 1)(v)
+    except _Bad:
+        raise _Bad(f"'auto' or a number from {lowest:g} to 1") from None
+
+
+def _colour(v: Any) -> str:
+    try:
+        parse_color(v)
+    except ValueError:
+        raise _Bad("a colour name or #rrggbb") from None
+    return v
+
+
+def _outputs(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = (v,)
+    if not isinstance(v, (list, tuple)) or not all(isinstance(o, str) and o.strip() for o in v):
+        raise _Bad("a list of output specs (strings)")
+    return tuple(v)
+
+
+def _streams(v: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(entry, dict) for entry in v):
+        raise _Bad("a list of stream tables ([[streams]] in TOML)")
+    return tuple(v)
+
+
+def _fourcc(v: Any) -> str:
+    if not isinstance(v, str) or len(v) != 4:
+        raise _Bad("four characters, e.g. MJPG")
+    return v
+
+
+_RULES: dict[str, Rule] = {
+    "source": _text(), "width": _optional(_int(1, MAX_SIDE)), "height": _optional(_int(1, MAX_SIDE)),
+    "fps": _optional(_number(0, 1000, lo_open=True)), "fourcc": _optional(_fourcc), "loop": _bool,
+    "realtime": _bool, "backbone": _choice(*BACKBONES), "weights": _optional(_text()), "offline": _bool,
+    "device": _text(64), "fp16": _optional(_bool), "downsample": _ratio, "engine": _choice("auto", *ENGINES),
+    "compile": _bool, "chunk": _int(0, 16), "bg": _text(), "bg_fallback": _colour,
+    "bg_max_megapixels": _number(0, 1000, lo_open=True), "mask_threshold": _optional(_number(0, 1, hi_open=True)),
+    "mirror": _bool, "side_by_side": _bool, "outputs": _outputs, "vcam_device": _optional(_text()),
+    "encoder": _text(64), "crf": _int(0, 63), "bitrate": _optional(_int(1, 10**10)), "queue_size": _int(1, 8),
+    "max_frames": _optional(_int(1, 2**62)), "stats_json": _optional(_text()), "control": _optional(_text(300)),
+    "control_token": _optional(_text()), "control_token_file": _optional(_text()),
+    "no_signal_timeout": _number(0, 3600), "log_level": _choice(*LOG_LEVELS),
+    "quality": _choice(*QUALITIES), "latency_budget": _number(1, 10_000), "streams": _streams,
+}
+
+
+def check_internal_size(ratio: float | str, width: int, height: int) -> None:
+    """ConfigError when ``downsample`` would shrink a ``width`` x ``height`` frame below 32 px inside the model."""
+    if isinstance(ratio, float) and ratio * min(width, height) < MIN_INTERNAL_PX:
+        lowest = MIN_INTERNAL_PX / min(width, height)
+        raise ConfigError(f"downsample = {ratio:g}: expected at least {lowest:.3g} for {width}x{height} frames "
+                          f"(the model needs {MIN_INTERNAL_PX} px or more inside)")
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(Config))
@@ -150,6 +257,8 @@ def config_from_mapping(data: dict[str, Any], *, origin: str = "config", base: C
         raise ConfigError(f"{origin}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(FIELD_NAMES))})")
     try:
         return dataclasses.replace(base or Config(), **data)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     except TypeError as exc:  # pragma: no cover - replace() only raises TypeError for bad names
         raise ConfigError(f"{origin}: {exc}") from None
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .bus import Bus
 from .compositing import Background, check_background, parse_background
-from .config import Config
+from .config import Config, check_internal_size
 from .errors import ConfigError, MediaError
 from .frame import Frame
 from .queues import FrameQueue
@@ -89,6 +89,9 @@ class Session:
         """Open the source in the caller's thread (a bad camera or file fails before anything starts) and
         build the queues and sink workers its kind calls for."""
         self.source.open()
+        size = getattr(self.source, "size", None)
+        if size and all(size):  # the ratio's floor depends on the frame size, known only now
+            check_internal_size(self.config.downsample, *size)
         self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
@@ -110,7 +113,8 @@ class Session:
     def _load_background(self, spec: str) -> Background:
         # a live stream never waits on a background video's decoder; a file job gets every frame of it
         try:
-            return parse_background(spec, device=self.device, dtype=self.dtype, live=self.live)
+            return parse_background(spec, device=self.device, dtype=self.dtype, live=self.live,
+                                    fallback=self.config.bg_fallback, max_megapixels=self.config.bg_max_megapixels)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -158,7 +162,13 @@ class Session:
 
     # ----- controller (control API and SIGHUP) -------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        return {"source_up": self.source_up, "paused": self.paused.is_set(), "ended": self.ended}
+        return {"source_up": self.source_up, "paused": self.paused.is_set(), "ended": self.ended,
+                "background_error": self.background_error()}
+
+    def background_error(self) -> str | None:
+        """Why the background video stopped (it then shows its last frame, then the fallback colour)."""
+        background = self._background
+        return background.failure if background is not None else None
 
     def dropped(self) -> int:
         return self.capture_queue.dropped + sum(w.queue.dropped + w.lost for w in self.workers)
@@ -170,7 +180,8 @@ class Session:
             frames_dropped=self.dropped(), **model, downsample_ratio=ratio,
             quality="auto" if self.governor is not None else "fixed", quality_changes=self.quality_changes,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
-            paused=self.paused.is_set(), background=self.background_spec)
+            paused=self.paused.is_set(), background=self.background_spec,
+            background_error=self.background_error())
 
     def set_background(self, spec: str) -> None:
         """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""

@@ -40,6 +40,9 @@ class SinkWorker:
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
                  source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False) -> None:
         self.sink = sink
+        cancel_on = getattr(sink, "cancel_on", None)
+        if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
+            cancel_on(stop)
         self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
         self.period = 1.0 / fps
         # repeat the last frame only after a real silence: never because inference is slower than the source

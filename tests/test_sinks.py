@@ -229,8 +229,8 @@ def push_solid(sink: StreamSink, rgb: tuple[int, int, int], frames: int) -> int:
 )
 def test_stream_sink_reaches_a_listening_server(scheme, options, fmt):
     url = f"{scheme}://127.0.0.1:{media.free_port()}/live/cam"
-    sink = create_sink(url, Config())
-    assert isinstance(sink, StreamSink) and sink.live and not sink.accepts_alpha
+    sink = StreamSink(url, Config())  # in-process: the daemon runs it in a writer process (IsolatedSink)
+    assert sink.live and not sink.accepts_alpha
     with media.Peer(media.receive, url, options, fmt, 20) as peer:
         media.open_with_retry(sink, 176, 144, 30)  # refused until the peer listens, then connects
         push_solid(sink, (30, 60, 220), 90)
@@ -292,8 +292,8 @@ def test_null_sink_counts_frames(carphone_frames):
 @pytest.mark.parametrize(
     ("spec", "kind"),
     [("null", "NullSink"), ("vcam", "VcamSink"), ("vcam:/dev/video10", "VcamSink"), ("window", "WindowSink"),
-     ("out.mp4", "StreamSink"), ("file:///tmp/x.webm", "StreamSink"), ("rtsp://127.0.0.1:8554/x", "StreamSink"),
-     ("rtmp://h/app/key", "StreamSink"), ("srt://h:9000", "StreamSink"), ("udp://127.0.0.1:5000", "StreamSink")],
+     ("out.mp4", "StreamSink"), ("file:///tmp/x.webm", "StreamSink"), ("rtsp://127.0.0.1:8554/x", "IsolatedSink"),
+     ("rtmp://h/app/key", "IsolatedSink"), ("srt://h:9000", "IsolatedSink"), ("udp://127.0.0.1:5000", "IsolatedSink")],
 )
 def test_registry(spec, kind):
     assert type(create_sink(spec, Config())).__name__ == kind

@@ -26,6 +26,7 @@ from .base import register_sink
 if TYPE_CHECKING:
     from ..config import Config
     from ..frame import Frame
+    from .isolated import IsolatedSink
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,11 @@ class StreamSink:
 
 
 @register_sink("file", *URL_FORMATS)
-def stream_sink(spec: str, config: Config) -> StreamSink:
-    """Factory for output files (by suffix) and rtsp/rtmp/srt/udp URLs."""
+def stream_sink(spec: str, config: Config) -> StreamSink | IsolatedSink:
+    """Factory for output files (by suffix) and rtsp/rtmp/srt/udp URLs; URLs are written by a separate
+    process, so a peer that stalls cannot stall the daemon (see ``isolated.py``)."""
+    if "://" in spec and spec.split("://", 1)[0].lower() in URL_FORMATS:
+        from .isolated import IsolatedSink
+
+        return IsolatedSink(spec, config)
     return StreamSink(spec, config)

@@ -108,6 +108,7 @@ class CameraSource:
         self.name = spec
         self.live = True
         self.fps: float | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) once open
         self._want = (width, height, fps, fourcc)
         self._cap: cv2.VideoCapture | None = None
 
@@ -142,6 +143,7 @@ class CameraSource:
         if all(want) and got != want:
             log.warning("camera %s: asked for %dx%d, got %dx%d", self.device, *want, *got)
         log.info("opened camera %s: %dx%d @ %.1f fps", self.device, got[0], got[1], self.fps)
+        self.size = got
         self._cap = cap
 
     def read(self) -> np.ndarray | None:

@@ -74,6 +74,7 @@ class StreamSource:
         self.live = self.is_network or realtime
         self.reconnect = self.is_network  # an outage is worth retrying; the end of a file is just the end
         self.fps: float | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) once open
         self.loop = loop and not self.is_network
         self._realtime = realtime and not self.is_network
         self._fps_hint = fps
@@ -108,6 +109,7 @@ class StreamSource:
         stream.thread_type = "SLICE" if self.live else "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
+        self.size = (stream.codec_context.width, stream.codec_context.height)
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
