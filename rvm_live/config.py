@@ -16,6 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 BACKBONES = ("mobilenetv3", "resnet50")
+FULLRES_MODES = ("exact", "fast")
 ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -42,6 +43,7 @@ class Config:
     engine: str = "auto"  # auto | torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
     compile: bool = False  # torch.compile the network (slow first start; cached afterwards)
     chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
+    fullres: str = "exact"  # exact | fast (CPU: refine + composite in one OpenCV pass, see fullres.py)
     # compositing
     bg: str = "green"
     mask_threshold: float | None = None
@@ -67,6 +69,8 @@ class Config:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if self.engine not in ("auto", *ENGINES):
             raise ConfigError(f"engine: {self.engine!r} is not one of auto, {', '.join(ENGINES)}")
+        if self.fullres not in FULLRES_MODES:
+            raise ConfigError(f"fullres: {self.fullres!r} is not one of {', '.join(FULLRES_MODES)}")
         if self.downsample != "auto":
             try:
                 r = float(self.downsample)

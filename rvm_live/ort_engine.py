@@ -15,15 +15,17 @@ import torch
 from torch import Tensor
 
 
-def cpu_session(path: str | Path, threads: int):
-    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on)."""
+def cpu_session(path: str | Path | bytes, threads: int):
+    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on); ``path``
+    may also be a serialized model."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OrtMattingNetwork:

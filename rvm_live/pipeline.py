@@ -28,6 +28,7 @@ from .errors import (
     SourceError,
 )
 from .frame import END, EndOfStream, Frame
+from .fullres import FastMatter, fast_matter
 from .matting import Matter, pick_engine, resolve_device
 from .queues import Empty, FrameQueue
 from .sink_worker import SinkWorker, backoff_delays
@@ -67,7 +68,9 @@ class Pipeline:
             check_background(config.bg)  # a typo fails now, before a model is loaded or downloaded
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if matter is None:
+        if matter is None and config.fullres == "fast":
+            matter = fast_matter(config)
+        elif matter is None:
             engine = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
                                  device=resolve_device(config.device))
             matter = Matter(config.backbone, weights=config.weights, device=config.device, fp16=config.fp16,
@@ -285,6 +288,9 @@ class Pipeline:
         if self.paused.is_set():  # unmatted, but the same layout and channels, so outputs keep their size
             alpha = np.full(image.shape[:2], 255, np.uint8)
             out = np.dstack([image, alpha]) if background.transparent else image
+            return self._finish(frame, image, out, alpha)
+        if isinstance(self.matter, FastMatter):  # network to low-res coefficients, then one OpenCV pass
+            out, alpha = self.matter.step(image, background, self.threshold)
             return self._finish(frame, image, out, alpha)
         with torch.inference_mode():
             # step(), not upload()+infer(): on CUDA it replays the captured graph
