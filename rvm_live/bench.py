@@ -305,12 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-e2e", dest="end_to_end", action="store_false", help="skip the pipeline run")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime comparison")
+    live = parser.add_argument_group("live (--live: the real pipeline on a realtime source, see livebench.py)")
+    live.add_argument("--live", action="store_true", help="run the live benchmark instead")
+    live.add_argument("--fps", type=float, default=30.0, help="source frame rate")
+    live.add_argument("--seconds", type=float, default=20.0, help="how long the source plays")
+    live.add_argument("--hog", action="store_true", help="a busy-loop process pinned to core 0 runs beside it")
+    live.add_argument("--fullres", choices=("exact", "fast"), default="exact",
+                      help="full-resolution stage (fast: one OpenCV pass, see fullres.py)")
+    live.add_argument("--fidelity-frames", type=int, default=60,
+                      help="source frames compared against a fixed-quality run (0: skip)")
     return parser
 
 
 def main(argv: list[str]) -> int:
     """``rvm-live bench [FLAGS]``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.live:
+        return _main_live(args)
     try:
         report = run_bench(width=args.width, height=args.height, backbone=args.backbone, device=args.device,
                            fp16=args.fp16, frames=args.frames, threads=args.threads, end_to_end=args.end_to_end,
@@ -320,6 +331,21 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"rvm-live bench: error: {exc}\n")
         return 2
     sys.stdout.write((json.dumps(report, indent=2) if args.json else format_report(report)) + "\n")
+    return 0
+
+
+def _main_live(args: argparse.Namespace) -> int:
+    from .livebench import format_live_report, run_live_bench
+
+    try:
+        _check_args(args.width, args.height, args.fidelity_frames or 1, args.threads)
+        report = run_live_bench(width=args.width, height=args.height, fps=args.fps, seconds=args.seconds,
+                                hog=args.hog, fullres=args.fullres, engine=args.engine, downsample=args.downsample,
+                                threads=args.threads, fidelity_frames=args.fidelity_frames)
+    except ValueError as exc:
+        sys.stderr.write(f"rvm-live bench: error: {exc}\n")
+        return 2
+    sys.stdout.write((json.dumps(report, indent=2) if args.json else format_live_report(report)) + "\n")
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import BACKBONES, ENGINES, Config, config_from_mapping, load_toml, preset_names
+from .config import BACKBONES, ENGINES, FULLRES_MODES, Config, config_from_mapping, load_toml, preset_names
 from .errors import ConfigError, RvmLiveError
 
 log = logging.getLogger("rvm_live")
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto quality: keep a frame's inference time under this (default 100)")
     inf.add_argument("--chunk", type=int, metavar="T",
                      help="file jobs: frames per network call (0 = auto: 4 on CUDA, else 1)")
+    inf.add_argument("--fullres", choices=FULLRES_MODES,
+                     help="full-resolution refine + composite: exact (default) or fast (CPU, live; BENCHMARKS.md)")
     inf.add_argument("--compile", action=argparse.BooleanOptionalAction,
                      help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")

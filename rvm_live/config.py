@@ -20,6 +20,7 @@ else:  # pragma: no cover
 
 BACKBONES = ("mobilenetv3", "resnet50")
 QUALITIES = ("auto", "fixed")
+FULLRES_MODES = ("exact", "fast")
 ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -49,6 +50,7 @@ class Config:
     chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
     quality: str = "auto"  # auto: live streams adapt the ratio to hold the source's rate (governor.py); fixed
     latency_budget: float = 100.0  # ms: the governor keeps a frame's time in inference under this
+    fullres: str = "exact"  # exact | fast (CPU: refine + composite in one OpenCV pass, see fullres.py)
     # compositing
     bg: str = "green"
     bg_fallback: str = "green"  # the colour a background video that breaks mid-run falls back to
@@ -203,7 +205,8 @@ _RULES: dict[str, Rule] = {
     "max_frames": _optional(_int(1, 2**62)), "stats_json": _optional(_text()), "control": _optional(_text(300)),
     "control_token": _optional(_text()), "control_token_file": _optional(_text()),
     "no_signal_timeout": _number(0, 3600), "log_level": _choice(*LOG_LEVELS),
-    "quality": _choice(*QUALITIES), "latency_budget": _number(1, 10_000), "streams": _streams,
+    "fullres": _choice(*FULLRES_MODES), "quality": _choice(*QUALITIES), "latency_budget": _number(1, 10_000),
+    "streams": _streams,
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .fullres import FastMatter, fast_matter
 from .matting import Matter, pick_engine, resolve_device
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,34 @@ class MatterEngine:
         return StepOutput(fgr, pha, state.last_src)
 
 
-def build_engine(config: Config) -> MatterEngine:
+class FusedEngine:
+    """The CPU's fast full-resolution path (``fullres = "fast"``): per stream, the network gives low-resolution
+    coefficients and one OpenCV pass refines, blends and converts (``matte``); no device tensors."""
+
+    fused = True
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        first = fast_matter(config)
+        self._first: FastMatter | None = first
+        self.device, self.dtype, self.backbone, self.engine = first.device, first.dtype, first.backbone, first.engine
+
+    def new_state(self, downsample: Any = "auto") -> FastMatter:
+        if self._first is not None and self._first._ratio_setting == downsample:
+            first, self._first = self._first, None
+            return first
+        return fast_matter(self._config.replace(downsample=downsample))
+
+    @staticmethod
+    def matte(image: np.ndarray, state: FastMatter, background: Any, threshold: float | None):
+        """``(image H x W x 3|4, alpha H x W)`` uint8 for one frame of the stream whose state is ``state``."""
+        return state.step(image, background, threshold)
+
+
+def build_engine(config: Config) -> MatterEngine | FusedEngine:
     """The engine ``config`` asks for (backbone, device, dtype, engine kind), loaded once for all streams."""
+    if config.fullres == "fast":
+        return FusedEngine(config)
     engine = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
                          device=resolve_device(config.device))
 

@@ -8,6 +8,7 @@ always applies the guided-filter refiner, even at ratio 1.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,28 @@ import torch
 from torch import Tensor
 
 
-def cpu_session(path: str | Path, threads: int):
-    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on)."""
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_session(path: str | Path | bytes, threads: int):
+    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on); ``path``
+    may also be a serialized model.
+
+    When the pool takes every usable core, its idle threads do not spin: with one core busy elsewhere (a
+    video-call app, another process) a spinning pool burns the cores its own descheduled peer needs and
+    slows down several-fold; without spinning it slows down in proportion (BENCHMARKS.md, contention)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if threads >= usable_cores():
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OrtMattingNetwork:

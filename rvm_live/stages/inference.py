@@ -157,11 +157,16 @@ class InferenceStage:
     def _matte_batch(self, members: list[tuple[Session, Frame, np.ndarray]]) -> list[tuple[Session, list[Frame]]]:
         sessions = [m[0] for m in members]
         started = time.perf_counter()
-        with torch.inference_mode():
-            out = self.engine.step([m[2] for m in members], [s.state for s in sessions])
-            results = [(session, [self._blend(session, frame, image, out.fgr[b:b + 1], out.pha[b:b + 1],
-                                              out.src[b:b + 1])])
-                       for b, (session, frame, image) in enumerate(members)]
+        if getattr(self.engine, "fused", False):  # network and blend in one call per stream (CPU fast path)
+            results = [(session, [session.finish(frame, image, *self.engine.matte(
+                image, session.state, session.background(), session.threshold))])
+                for session, frame, image in members]
+        else:
+            with torch.inference_mode():
+                out = self.engine.step([m[2] for m in members], [s.state for s in sessions])
+                results = [(session, [self._blend(session, frame, image, out.fgr[b:b + 1], out.pha[b:b + 1],
+                                                  out.src[b:b + 1])])
+                           for b, (session, frame, image) in enumerate(members)]
         step_ms = (time.perf_counter() - started) * 1000
         self.batches += 1
         self.batched_frames += len(members)
@@ -174,12 +179,13 @@ class InferenceStage:
         """Live streams with ``quality = "auto"``: let the governor move the ratio (state carried, resized)."""
         if not session.live or session.config.quality != "auto" or not hasattr(session.state, "set_ratio"):
             return
-        if session.governor is None:
+        if session.governor is None or session.governor.size != image.shape[:2]:
             height, width = image.shape[:2]
             setting = session.config.downsample
             top = auto_downsample_ratio(height, width) if setting == "auto" else float(setting)
             session.governor = Governor(ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
                                         budget_ms=session.config.latency_budget)
+            session.governor.size = (height, width)
         decision = session.governor.observe(step_ms, time.monotonic())
         if decision is not None:
             session.state.set_ratio(decision.ratio)
