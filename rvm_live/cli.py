@@ -281,7 +281,11 @@ def doctor(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    """``rvm-live bench``: see ``rvm_live.bench``."""
+    """``rvm-live bench``: see ``rvm_live.bench`` (``--live``: ``livebench``; ``--streams``: ``streambench``)."""
+    if any(a == "--streams" or a.startswith("--streams=") for a in argv):
+        from . import streambench
+
+        return streambench.main(argv)
     from . import bench as bench_module
 
     return bench_module.main(argv)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
 from rvm_live.governor import Governor, ladder_ratios
@@ -83,3 +85,80 @@ def test_a_latency_budget_under_the_interval_binds():
 def test_an_empty_ladder_is_refused():
     with pytest.raises(ValueError):
         Governor([], interval_ms=33.3)
+
+
+def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilenet, carphone_frames):
+    """The pop after a switch (mean |Δα| against a run at the new ratio from the start, 5 frames after it)."""
+    from rvm_live.governor import measure_pop
+
+    pop = measure_pop(mobilenet, carphone_frames[:20], 1.0, 0.5, switch_at=15)
+    print(f"pop after 1.0 -> 0.5: carried {pop['carried']:.2e}, reset {pop['reset']:.2e}")
+    assert pop["carried"] < pop["reset"]
+
+
+def test_resize_state_gives_the_shapes_the_network_makes(mobilenet, carphone_frames):
+    import torch
+
+    from rvm_live.governor import resize_state
+
+    src = torch.from_numpy(carphone_frames[0]).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        _, _, *state = mobilenet(src, downsample_ratio=1.0)
+        _, _, *expected = mobilenet(src, downsample_ratio=0.6)
+        moved = resize_state(state, 144, 176, 0.6)
+        assert [tuple(r.shape) for r in moved] == [tuple(r.shape) for r in expected]
+        mobilenet(src, *moved, downsample_ratio=0.6)  # and the network takes it
+    as_numpy = resize_state([r.numpy() for r in state], 144, 176, 0.6)
+    assert [a.shape for a in as_numpy] == [tuple(r.shape) for r in expected]
+
+
+def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_frames, monkeypatch, caplog):
+    """The real daemon on a realtime 640x360 source, with the real engine slowed down (as another program
+    taking the CPU would): the governor steps down, and stats, metrics and the log say so."""
+    import time
+
+    import av
+    import cv2
+    from test_pipeline import RecordingSink
+
+    from rvm_live.config import Config
+    from rvm_live.control import ControlServer
+    from rvm_live.daemon import Daemon
+
+    clip = tmp_path / "360p.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for image in carphone_frames[:60]:
+            frame = av.VideoFrame.from_ndarray(cv2.resize(image, (640, 360)), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    config = Config(source=str(clip), realtime=True, loop=True, fullres="fast", engine="onnxruntime")
+    sink = RecordingSink("live", live=True)
+    daemon = Daemon(config, sinks=[sink])
+    real = daemon.engine.matte
+
+    def slowed(image, state, background, threshold):
+        time.sleep(0.09 * state.ratio**2)  # 90 ms at full size: far behind a 30 fps source
+        return real(image, state, background, threshold)
+
+    monkeypatch.setattr(daemon.engine, "matte", slowed)
+    caplog.set_level("INFO", logger="rvm_live")
+    daemon.start()
+    try:
+        with ControlServer(daemon) as server:
+            deadline = time.monotonic() + 60
+            while daemon.stats()["quality_changes"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stats = daemon.stats()
+            metrics = urllib.request.urlopen("http://{}:{}/metrics".format(*server.address), timeout=10).read()
+    finally:
+        daemon.stop()
+        daemon.wait(10)
+        daemon.close()
+    assert stats["quality"] == "auto" and stats["quality_changes"] >= 1
+    assert stats["downsample_ratio"] < 1.0
+    assert f'rvm_live_downsample_ratio{{stream="0"}} {stats["downsample_ratio"]}' in metrics.decode()
+    assert any("quality: downsample 1 -> 0.8" in r.getMessage() for r in caplog.records)
+    sizes = {f.image.shape for _, f in sink.frames}
+    assert sizes == {(360, 640, 3)}  # the output keeps its size whatever the internal one
