@@ -129,10 +129,10 @@ class Daemon:
         exc = event.error
         where = f"stream {event.stream_id}: " if event.stream_id is not None and len(self.sessions) > 1 else ""
         if isinstance(exc, RvmLiveError):  # an expected failure: its message says it all
-            raise PipelineError(f"{where}{exc}") from exc
+            raise PipelineError(f"{where}{exc}", stream_id=event.stream_id) from exc
         # a bug or a driver failure: the whole story at debug level, one line for the user
         log.debug("%s failed", event.stage, exc_info=(type(exc), exc, exc.__traceback__))
-        raise PipelineError(f"{where}{event.stage}: {type(exc).__name__}: {exc}") from exc
+        raise PipelineError(f"{where}{event.stage}: {type(exc).__name__}: {exc}", stream_id=event.stream_id) from exc
 
     def run(self) -> dict[str, Any]:
         """Start, wait for the end (or ``stop()``), close; returns the stats."""

@@ -32,7 +32,12 @@ class VirtualCameraError(SinkError):
 
 
 class PipelineError(RvmLiveError, RuntimeError):
-    """A worker thread failed; the original exception is the ``__cause__``."""
+    """A worker thread failed; the original exception is the ``__cause__``, ``stream_id`` the stream whose
+    stage failed (None for the shared inference stage)."""
+
+    def __init__(self, message: str, *, stream_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
 
 
 def one_line(exc: BaseException) -> str:

@@ -171,3 +171,19 @@ def test_two_cams_preset_describes_two_streams():
     specs = stream_configs(config)
     assert [s for s, _ in specs] == ["left", "right"]
     assert specs[1][1].mirror and specs[0][1].outputs != specs[1][1].outputs
+
+
+def test_a_stage_failure_names_its_stream(carphone_path, engine_factory, monkeypatch):
+    from rvm_live.errors import PipelineError, SinkError
+
+    records = {"a": RecordingSink("a"), "b": RecordingSink("b")}
+
+    def full_disk(frame):  # the real sink, failing as a file output does when the disk is full
+        raise SinkError("b.mp4: No space left on device")
+
+    monkeypatch.setattr(records["b"], "write", full_disk)
+    daemon = Daemon(two_streams(carphone_path, max_frames=10), engine=engine_factory(),
+                    sinks={k: [v] for k, v in records.items()})
+    with pytest.raises(PipelineError, match="stream b: b.mp4: No space left on device") as err:
+        daemon.run()
+    assert err.value.stream_id == "b"
