@@ -91,8 +91,8 @@ def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilen
     """The pop after a switch (mean |Δα| against a run at the new ratio from the start, 5 frames after it)."""
     from rvm_live.governor import measure_pop
 
-    pop = measure_pop(mobilenet, carphone_frames[:20], 1.0, 0.5, switch_at=15)
-    print(f"pop after 1.0 -> 0.5: carried {pop['carried']:.2e}, reset {pop['reset']:.2e}")
+    pop = measure_pop(mobilenet, carphone_frames[:20], 1.0, 0.8, switch_at=15)  # two ladder rungs
+    print(f"pop after 1.0 -> 0.8: carried {pop['carried']:.2e}, reset {pop['reset']:.2e}")
     assert pop["carried"] < pop["reset"]
 
 
