@@ -103,11 +103,13 @@ async def main() -> None:
         # ComfyUI's worker reads the /free flags when it wakes: sent while it is still finishing the
         # cancelled prompt, they would wait for the next prompt (seen with 0.3.64)
         await asyncio.sleep(3)
-        report["rss_before_free_mib"] = rss_mib(args.pid)
-        async with session.post(f"{args.url}/free", json={"unload_models": True, "free_memory": True}):
-            pass
-        await asyncio.sleep(12)  # the worker applies the flags, then collects garbage within 10 s
-        report["rss_after_free_mib"] = rss_mib(args.pid)
+        report["rss_mib"] = {"before": rss_mib(args.pid)}
+        # the UI's "Unload models" (the model only), then "Free model and node cache" (cached outputs too)
+        for flag in ("unload_models", "free_memory"):
+            async with session.post(f"{args.url}/free", json={flag: True}):
+                pass
+            await asyncio.sleep(12)  # the worker applies the flag, then collects garbage within 10 s
+            report["rss_mib"][f"after {flag}"] = rss_mib(args.pid)
         settings.update(bg_color="white", batch_size=4)
         report["after_free"] = await run_prompt(session, args.url, workflow(args.video, **settings))
     print(json.dumps(report, indent=1))
