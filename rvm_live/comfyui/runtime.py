@@ -30,6 +30,9 @@ RVM_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 # (backbone, weights path, dtype, device) -> the ModelPatcher ComfyUI manages; dropped on detach (unload)
 _patchers: dict[tuple[str, str, torch.dtype, torch.device], object] = {}
+# unloaded patchers, their weights already released, kept until our next load: ComfyUI holds only weak
+# references and, if a model dies while it is unloading it, a finalizer edits the list it is walking
+_retired: list[object] = []
 
 
 def register_folder() -> list[str]:
@@ -129,6 +132,7 @@ def _patcher(backbone: str, weights: Path, placement: Placement) -> object:
     from comfy.model_patcher import ModelPatcher
     from comfy.patcher_extension import CallbacksMP
 
+    _retired.clear()
     key = (backbone, str(weights), placement.dtype, placement.device)
     patcher = _patchers.get(key)
     if patcher is not None:
@@ -139,9 +143,11 @@ def _patcher(backbone: str, weights: Path, placement: Placement) -> object:
     patcher = ModelPatcher(network, load_device=placement.device, offload_device=offload)
 
     def forget(detached: object, unpatch_all: bool = True) -> None:
-        # ComfyUI unloaded it ("Unload models", POST /free, or to make room): let it go
-        if _patchers.get(key) is detached:
-            del _patchers[key]
+        # unpatch_all: ComfyUI unloaded it ("Unload models", POST /free, or to make room), so let it go.
+        # load_models_gpu also detaches a model it is about to load again, with unpatch_all=False: keep it.
+        if unpatch_all and _patchers.get(key) is detached:
+            detached.model.to("meta")  # releases the weights' memory now
+            _retired.append(_patchers.pop(key))
             log.info("RVM %s unloaded by ComfyUI", backbone)
 
     patcher.add_callback(CallbacksMP.ON_DETACH, forget)

@@ -1,5 +1,6 @@
 """Stand-in of ``comfy.model_patcher.ModelPatcher``: holds a model with its load and offload devices;
-``detach()`` moves it to the offload device and runs the ``ON_DETACH`` callbacks, as ComfyUI's does."""
+``detach()`` runs the ``ON_DETACH`` callbacks and, with ``unpatch_all``, moves the weights to the offload
+device, as ComfyUI's does."""
 
 from comfy.patcher_extension import CallbacksMP
 
@@ -16,7 +17,8 @@ class ModelPatcher:
         self.callbacks.setdefault(call_type, []).append(callback)
 
     def detach(self, unpatch_all=True):
-        self.model.to(self.offload_device)
+        if unpatch_all:
+            self.model.to(self.offload_device)
         for callback in self.callbacks.get(CallbacksMP.ON_DETACH, []):
             callback(self, unpatch_all)
         return self.model
