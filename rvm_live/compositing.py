@@ -420,15 +420,14 @@ def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background, src:
     # in [0.5, 255.5] and one strided copy truncates them into an H x W x 3 uint8 image: three passes over
     # the frame instead of six (this runs on the inference device every frame; on a CPU it competes with
     # the network for the same cores).
-    half = torch.tensor(0.5, dtype=fgr.dtype, device=fgr.device)
+    # (0.5 is a Python scalar: a tensor made from it per frame would be a host->device copy and a sync on CUDA)
     image = torch.empty((fgr.shape[2], fgr.shape[3], 3), dtype=torch.uint8, device=fgr.device)
-    image.permute(2, 0, 1).copy_(torch.lerp(_scaled(bg.to(fgr.dtype), half), torch.add(half, fgr[0], alpha=255),
-                                            a[0]))
+    image.permute(2, 0, 1).copy_(torch.lerp(_scaled(bg.to(fgr.dtype)), torch.add(0.5, fgr[0], alpha=255), a[0]))
     return Composite(image, _to_uint8(a)[0, 0])
 
 
-def _scaled(bg: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+def _scaled(bg: torch.Tensor) -> torch.Tensor:
     """``bg * 255 + 0.5``; a broadcast (solid colour) background is scaled once, not per pixel."""
     if bg.stride(-1) == 0 and bg.stride(-2) == 0:
-        return torch.add(half, bg[0, :, :1, :1], alpha=255).expand(bg.shape[1:])
-    return torch.add(half, bg[0], alpha=255)
+        return torch.add(0.5, bg[0, :, :1, :1], alpha=255).expand(bg.shape[1:])
+    return torch.add(0.5, bg[0], alpha=255)

@@ -12,6 +12,7 @@ replaying the graph *is* advancing the stream by one frame.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -30,6 +31,18 @@ def to_model_input(frame: Tensor, dtype: torch.dtype) -> Tensor:
     # unsqueeze *before* permute: the batch stride is then H*W*3, which layout detection recognises as
     # channels_last (after the permute it would be 3, read as NCHW, and every op downstream would revert)
     return frame.unsqueeze(0).permute(0, 3, 1, 2).to(dtype).mul_(1 / 255)
+
+
+def graph_body(call: Callable[..., tuple[Tensor, ...]], frame: Tensor, state: list[Tensor],
+               dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """What a graph captures: the uint8 ``frame`` buffer → network → new state written back into the
+    ``state`` buffers; returns ``fgr, pha, src``. Everything in it must be capturable: no tensor made from
+    host data, no sync (tests/test_capture_safety.py runs it under a trap on the CPU)."""
+    src = to_model_input(frame, dtype)
+    fgr, pha, *rec = call(src, *state)
+    for buffer, new in zip(state, rec):
+        buffer.copy_(new)
+    return fgr, pha, src
 
 
 class GraphedStep:
@@ -59,17 +72,13 @@ class GraphedStep:
         log.info("captured a CUDA graph for %dx%d frames", width, height)
 
     def _body(self) -> tuple[Tensor, Tensor, Tensor]:
-        src = to_model_input(self.frame, self._dtype)
-        fgr, pha, *rec = self._call(src, *self.state)
-        for buffer, new in zip(self.state, rec):
-            buffer.copy_(new)
-        return fgr, pha, src
+        return graph_body(self._call, self.frame, self.state, self._dtype)
 
     def reset(self) -> None:
-        """Zero the recurrent state (the graph reads it in place)."""
-        with torch.cuda.stream(self.stream):
-            for buffer in self.state:
-                buffer.zero_()
+        """Zero the recurrent state (the graph reads it in place), on the current stream: the caller makes
+        the graph's stream wait for it before the next replay."""
+        for buffer in self.state:
+            buffer.zero_()
 
     def replay(self) -> tuple[Tensor, Tensor]:
         """Run one frame (already copied into ``self.frame``) on ``self.stream``; outputs are overwritten by

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import warnings
@@ -143,6 +142,9 @@ class Matter:
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs)
         self._stream = torch.cuda.Stream(self.device) if on_cuda else None
+        if on_cuda:
+            # a stream keeps one frame size, so cuDNN's per-shape autotuning is paid once per size
+            torch.backends.cudnn.benchmark = True
         self._init_state()
 
     def _init_state(self) -> None:
@@ -150,7 +152,7 @@ class Matter:
         # compositing needs it (blur backgrounds) and must not upload the frame a second time
         self.last_src: torch.Tensor | None = None
         self._pinned: torch.Tensor | None = None
-        self._uploaded: torch.cuda.Event | None = None
+        self._uploaded = torch.cuda.Event() if self.device.type == "cuda" else None
         self._graph: GraphedStep | None = None
         self.size: tuple[int, int] | None = None
         self.ratio: float | None = None
@@ -172,7 +174,7 @@ class Matter:
         """Forget the recurrent state (new scene, source restart, or on request)."""
         self.state = [None] * 4
         if self._graph is not None:
-            self._graph.reset()
+            self._graph.reset()  # on the current stream: eager steps there and the next replay both see it
             self.state = list(self._graph.state)
 
     def _prepare(self, height: int, width: int) -> None:
@@ -199,45 +201,40 @@ class Matter:
             raise ValueError(f"frame must be {what}, got shape {tuple(image.shape)}")
         return image
 
-    def _to_device_uint8(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 frame → device (CUDA: via a reused pinned buffer, async on the matting stream)."""
+    def _to_device_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 frame(s) → device, ready for the current stream (CUDA: from the host via the reused pinned
+        buffer, copied on the matting stream)."""
         if self.device.type != "cuda":
-            return image if out is None else out.copy_(image)
-        if image.device.type == "cuda":
-            with torch.cuda.stream(self._stream):
-                return image.to(self.device) if out is None else out.copy_(image)
-        if self._pinned is None or self._pinned.shape != image.shape:
-            self._pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-            self._uploaded = None
-        if self._uploaded is not None:
-            self._uploaded.synchronize()  # the previous frame's copy has left the pinned buffer
-        self._pinned.copy_(image)
-        with torch.cuda.stream(self._stream):
-            if out is None:
-                out = torch.empty(image.shape, dtype=torch.uint8, device=self.device)
-            out.copy_(self._pinned, non_blocking=True)
-            self._uploaded = torch.cuda.Event()
-            self._uploaded.record(self._stream)
+            return image
+        if image.device.type == "cuda":  # made on the current stream: stay there, no cross-stream hazard
+            return image.to(self.device)
+        with torch.cuda.stream(self._stream):  # allocated on the matting stream, which writes it first
+            out = torch.empty(image.shape, dtype=torch.uint8, device=self.device)
+        self._upload_pinned(image, out)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self._stream)
+        out.record_stream(current)  # used on the current stream: not recycled by the matting stream before
         return out
 
     def upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """RGB uint8 ``H x W x 3`` → ``[1, 3, H, W]`` in the model dtype on the device (uint8 crosses the bus)."""
-        frame = self._to_device_uint8(self._as_tensor(image))
-        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
-            x = to_model_input(frame, self.dtype)
-        if self._stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-        return x
+        return to_model_input(self._to_device_uint8(self._as_tensor(image)), self.dtype)
 
     @torch.inference_mode()
     def infer(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the network on ``[B,3,H,W]`` or ``[1,T,3,H,W]`` (device, dtype, 0..1), carrying state."""
         self._prepare(src.shape[-2], src.shape[-1])
-        if self._graph is not None:  # leave the graph: continue eagerly from its state
-            self.state = [s.clone() for s in self._graph.state]
-            self._graph = None
         fgr, pha, *state = self._network(src, *self.state, downsample_ratio=self.ratio,
                                          always_refine=self.always_refine)
+        graph = self._graph
+        if graph is not None and state[0].shape == graph.state[0].shape:
+            # a chunk between graph steps (a bursty file decoder): it ran eagerly from the graph's state
+            # buffers and writes back into them, so the graph stays valid and is never re-captured
+            for buffer, new in zip(graph.state, state):
+                buffer.copy_(new)
+            state = list(graph.state)
+        elif graph is not None:  # a batch the graph does not hold: continue eagerly without it
+            self._graph = None
         self.state = state
         return fgr, pha
 
@@ -249,26 +246,43 @@ class Matter:
             return self.infer(self.last_src)
         image = self._as_tensor(image)
         self._prepare(image.shape[0], image.shape[1])
-        current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # the caller is done with the previous outputs
         if self._graph is None:
             self._capture()
-        self._to_device_uint8(image, out=self._graph.frame)
+        graph = self._graph
+        current = torch.cuda.current_stream(self.device)
+        if image.device.type == "cuda":
+            graph.frame.copy_(image)  # on the stream that made ``image``; the last replay is already before it
+        else:
+            self._upload_pinned(image, graph.frame)
+        # the caller is done with the previous outputs (the replay overwrites them) and any eager state
+        # write-back or reset queued on the current stream comes first
+        self._stream.wait_stream(current)
         with torch.cuda.stream(self._stream):
-            fgr, pha = self._graph.replay()
+            fgr, pha = graph.replay()
         current.wait_stream(self._stream)
-        self.last_src = self._graph.src
+        self.last_src = graph.src
         return fgr, pha
+
+    def _upload_pinned(self, image: torch.Tensor, out: torch.Tensor) -> None:
+        """Host frame → the graph's frame buffer on the matting stream, via the reused pinned buffer. Only
+        the matting stream touches ``out`` (the previous replay read it there), so the copy needs no wait
+        and overlaps the current stream's work on the previous frame."""
+        self._uploaded.synchronize()  # the previous copy has left the pinned buffer (at once if never recorded)
+        if self._pinned is None or self._pinned.shape != image.shape:
+            self._pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
+        self._pinned.copy_(image)
+        with torch.cuda.stream(self._stream):
+            out.copy_(self._pinned, non_blocking=True)
+        self._uploaded.record(self._stream)
 
     def _capture(self) -> None:
         height, width = self.size
         graph = GraphedStep(self._network, height=height, width=width, dtype=self.dtype, ratio=self.ratio,
                             always_refine=self.always_refine, device=self.device, stream=self._stream)
-        if any(s is not None for s in self.state):  # came from eager steps: carry their state in
-            # on the graph's stream, after the zeroing it queued there
-            with torch.cuda.stream(self._stream):
-                for buffer, s in zip(graph.state, self.state):
-                    buffer.copy_(s)
+        if any(s is not None for s in self.state):  # came from eager steps: carry their state in, on the
+            # current stream where those steps ran and the graph's zeroing was queued (replays wait for it)
+            for buffer, s in zip(graph.state, self.state):
+                buffer.copy_(s)
         self._graph = graph
         self.state = list(graph.state)
 
@@ -276,8 +290,8 @@ class Matter:
     def step_chunk(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte ``T`` consecutive uint8 frames ``[T,H,W,3]`` in one network call along time (file
         throughput); returns ``fgr [T,3,H,W]`` and ``pha [T,1,H,W]``; the state carries on as with ``step``."""
-        frames = self._as_tensor(frames, frames=True)
-        src = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
+        frames = self._to_device_uint8(self._as_tensor(frames, frames=True))
+        src = frames.permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
         self.last_src = src
         fgr, pha = self.infer(src.unsqueeze(0))
         return fgr[0], pha[0]

@@ -20,6 +20,7 @@ import torch
 
 from .compositing import Background, check_background, composite, parse_background
 from .config import Config
+from .engine.transfer import Download
 from .errors import (
     ConfigError,
     MediaError,
@@ -94,6 +95,7 @@ class Pipeline:
         self._reconnects = False
         self._closed = False
         self.chunk = 1
+        self._download = Download()  # used by the inference thread only
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name="capture")
         self.workers: list[SinkWorker] = []
 
@@ -304,7 +306,10 @@ class Pipeline:
     def _composite(self, frame: Frame, image: np.ndarray, fgr: torch.Tensor, pha: torch.Tensor,
                    src: torch.Tensor, background: Background) -> Frame:
         result = composite(fgr, pha, background, src, threshold=self.threshold)
-        return self._finish(frame, image, result.image.cpu().numpy(), result.alpha.cpu().numpy())
+        # only the image comes down (pinned buffer + event on CUDA): no sink reads Frame.alpha, so it is kept
+        # only where it costs no copy (the CPU: a view of the composite's own alpha)
+        alpha = result.alpha.numpy() if result.alpha.device.type == "cpu" else None
+        return self._finish(frame, image, self._download(result.image), alpha)
 
     def _finish(self, frame: Frame, image: np.ndarray, out: np.ndarray, alpha: np.ndarray) -> Frame:
         if self.config.side_by_side:
