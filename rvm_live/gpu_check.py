@@ -79,8 +79,7 @@ def chunk_interplay(width: int = 1280, height: int = 720, frames: int = 48) -> d
     while i < len(clip):
         n = 4 if (i // 4) % 2 else 1
         pha = mixed.step_chunk(np.stack(clip[i:i + n]))[1] if n > 1 else mixed.step(clip[i])[1]
-        if mixed._graph is not None and all(g is not mixed._graph for g in graphs):
-            graphs.append(mixed._graph)
+        graphs += [g for g in mixed.core.graphs.values() if all(g is not seen for seen in graphs)]
         reference = torch.cat([graphed.step(f)[1].float().clone() for f in clip[i:i + n]])
         worst = max(worst, float((pha.float() - reference).abs().max()))
         i += n

@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rvm_live.compositing import composite, parse_background
-from rvm_live.cuda_graphs import graph_body
+from rvm_live.engine.graphs import graph_body
 from rvm_live.matting import Matter
 
 aten = torch.ops.aten
@@ -30,7 +30,7 @@ DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "
                   "unique_dim", "argwhere", "masked_scatter", "repeat_interleave"}
 # where host data may enter, by design: the caller's frame (the upload itself, through the pinned buffer on
 # CUDA) and a background's picture (an image or video frame, decoded on the host)
-ENTRY_POINTS = {("matting.py", "_as_tensor"), ("compositing.py", "to_device")}
+ENTRY_POINTS = {("core.py", "as_frames"), ("compositing.py", "to_device")}
 
 
 def _entry_point_on_stack() -> bool:
@@ -173,3 +173,22 @@ def test_the_trap_catches_what_breaks_a_capture(trap):
     kinds = " | ".join(trap.violations)
     assert kinds.count("host data") == 2 and "Tensor.item()" in kinds and "Tensor.tolist()" in kinds
     assert "index" in kinds and "Tensor.__bool__()" in kinds
+
+
+def test_batched_engine_step_and_composite_are_capturable(carphone_frames, mobilenet, background_specs, trap):
+    from rvm_live.engine import Engine
+
+    engine = Engine(model=mobilenet, device="cpu")
+    states = [engine.new_state(0.5), engine.new_state(0.5)]
+    backgrounds = [parse_background(spec, live=False) for spec in background_specs[:2]]
+    try:
+        for frame in carphone_frames[:2]:
+            with traced(trap), torch.inference_mode():
+                out = engine.step([frame, frame[::-1]], states)
+                composite(out.fgr, out.pha, backgrounds, out.src)
+                composite(out.fgr, out.pha, backgrounds[0], out.src, threshold=0.5)
+    finally:
+        for background in backgrounds:
+            background.close()
+    assert not trap.violations, trap.report()
+    assert out.pha.shape == (2, 1, 144, 176)
