@@ -116,14 +116,32 @@ def _alternate(engines: dict[str, Callable[[np.ndarray], object]], frames: list[
     return times
 
 
+def _guarded(step: Callable[[np.ndarray], object], errors: dict[str, str],
+             name: str) -> Callable[[np.ndarray], object]:
+    """``step``, but a failure is recorded in ``errors`` and later calls do nothing: one failing engine
+    must not throw away the numbers of the others."""
+    def run(frame: np.ndarray) -> object:
+        if name in errors:
+            return None
+        try:
+            return step(frame)
+        except Exception as exc:  # noqa: BLE001  (reported in the JSON, not raised)
+            log.warning("bench: %s failed: %s", name, exc)
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            return None
+    return run
+
+
 def _roundtrip(matter: Matter) -> Callable[[np.ndarray], object]:
     from .compositing import composite, parse_background
+    from .engine.transfer import Download
 
     background = parse_background("green", device=matter.device, dtype=matter.dtype)
+    download = Download()
 
     def step(frame: np.ndarray) -> np.ndarray:
         fgr, pha = matter.step(frame)
-        return composite(fgr, pha, background, fgr).image.cpu().numpy()
+        return download(composite(fgr, pha, background, matter.last_src).image)
 
     return step
 
@@ -228,24 +246,31 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
             ort_reason = "onnxruntime is not installed (pip install onnxruntime)"
     if dev.type == "cuda":
         engines["roundtrip"] = _roundtrip(matter)
-    times = _alternate(engines, clip, warmup, dev)
-    report["model"] = summarize(times["model"])
-    if "model_torch" in times:
-        report["model_torch"] = summarize(times["model_torch"])
-    if "roundtrip" in times:
-        report["roundtrip"] = summarize(times["roundtrip"])
-    if "onnxruntime" in times:
+    errors: dict[str, str] = {}
+    times = _alternate({name: _guarded(step, errors, name) for name, step in engines.items()}, clip, warmup, dev)
+    for name in ("model", "model_torch", "roundtrip"):
+        if name in errors:
+            report[name] = {"available": False, "reason": errors[name]}
+        elif name in times:
+            report[name] = summarize(times[name])
+    if "onnxruntime" in errors:
+        report["onnxruntime"] = {"available": False, "reason": errors["onnxruntime"]}
+    elif "onnxruntime" in times:
         report["onnxruntime"] = {"available": True, "version": ort_runner.version, **summarize(times["onnxruntime"])}
-        report["ratio_vs_onnxruntime"] = round(report["model"]["fps"] / report["onnxruntime"]["fps"], 3)
-        if "model_torch" in report:
+        if "fps" in report["model"]:
+            report["ratio_vs_onnxruntime"] = round(report["model"]["fps"] / report["onnxruntime"]["fps"], 3)
+        if "fps" in report.get("model_torch", {}):
             report["torch_ratio_vs_onnxruntime"] = round(
                 report["model_torch"]["fps"] / report["onnxruntime"]["fps"], 3)
     else:
         report["onnxruntime"] = {"available": False, "reason": ort_reason}
     del engines, matter
     if end_to_end:
-        report["end_to_end"] = bench_end_to_end(clip, backbone=backbone, device=str(dev), fp16=fp16,
-                                                downsample=downsample if downsample == "auto" else ratio)
+        try:  # a failing pipeline run must not lose the model numbers above
+            report["end_to_end"] = bench_end_to_end(clip, backbone=backbone, device=str(dev), fp16=fp16,
+                                                    downsample=downsample if downsample == "auto" else ratio)
+        except Exception as exc:  # noqa: BLE001  (reported, not raised)
+            report["end_to_end"] = {"available": False, "reason": f"failed: {type(exc).__name__}: {exc}"}
     else:
         report["end_to_end"] = {"available": False, "reason": "skipped (--no-e2e)"}
     return report

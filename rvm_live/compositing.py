@@ -14,7 +14,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -426,7 +426,8 @@ def parse_background(spec: str, *, device: torch.device | str = "cpu", dtype: to
 
 
 class Composite(NamedTuple):
-    """One composited frame on the device: ``image`` H x W x 3 (RGBA: x 4) uint8, ``alpha`` H x W uint8."""
+    """Composited frames on the device: ``image`` H x W x 3 (RGBA: x 4) uint8, ``alpha`` H x W uint8; for a
+    batch of B > 1 frames, B x H x W x 3 (or 4) and B x H x W."""
 
     image: torch.Tensor
     alpha: torch.Tensor
@@ -439,8 +440,8 @@ def _as_nchw(t: torch.Tensor, channels: int, name: str) -> torch.Tensor:
         t = t[None, None]
     elif t.ndim == 3:
         t = t[None]
-    if t.ndim != 4 or t.shape[0] != 1 or t.shape[1] != channels:
-        raise ValueError(f"{name}: expected [1,{channels},H,W] or [{channels},H,W], got {list(t.shape)}")
+    if t.ndim != 4 or t.shape[1] != channels:
+        raise ValueError(f"{name}: expected [B,{channels},H,W] or [{channels},H,W], got {list(t.shape)}")
     return t
 
 
@@ -449,38 +450,54 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
-def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background, src: torch.Tensor,
-              *, threshold: float | None = None) -> Composite:
-    """Blend ``fgr`` over ``background`` by ``pha`` on their device: image = fgr*a + bg*(1-a).
+def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background | Sequence[Background],
+              src: torch.Tensor, *, threshold: float | None = None) -> Composite:
+    """Blend ``fgr`` over the background by ``pha`` on their device: image = fgr*a + bg*(1-a).
 
-    With ``threshold`` the alpha is the hard mask ``pha > threshold``, for the blend and the returned alpha.
-    A transparent background gives RGBA with RGB = fgr and A = alpha."""
+    ``fgr``/``pha``/``src`` may hold a batch of B frames (B streams); ``background`` is then one background
+    for all of them or a sequence of B, one per frame (all transparent or none). With ``threshold`` the
+    alpha is the hard mask ``pha > threshold``, for the blend and the returned alpha. A transparent
+    background gives RGBA with RGB = fgr and A = alpha."""
     fgr, pha = _as_nchw(fgr, 3, "fgr"), _as_nchw(pha, 1, "pha")
-    if fgr.shape[-2:] != pha.shape[-2:]:
+    if fgr.shape[-2:] != pha.shape[-2:] or fgr.shape[0] != pha.shape[0]:
         raise ValueError(f"fgr {list(fgr.shape)} and pha {list(pha.shape)} differ in size")
+    batch = fgr.shape[0]
+    backgrounds = list(background) if isinstance(background, Sequence) else [background] * batch
+    if len(backgrounds) != batch:
+        raise ValueError(f"{batch} frames but {len(backgrounds)} backgrounds")
     if threshold is not None:
         if not 0 <= threshold < 1:
             raise ValueError(f"threshold {threshold!r}: expected 0 <= threshold < 1")
         a = (pha > threshold).to(fgr.dtype)
     else:
         a = pha.to(fgr.dtype).clamp(0, 1)
-    bg = background.for_frame(src)
-    if bg is None:
-        image = _to_uint8(torch.cat((fgr, a), dim=1))[0].permute(1, 2, 0).contiguous()
-        return Composite(image, image[..., 3])
+    src = src if src.ndim == 4 else src[None]
+    bgs = [bg.for_frame(src[b:b + 1] if src.shape[0] == batch else src) for b, bg in enumerate(backgrounds)]
+    if any(bg is None for bg in bgs):
+        if not all(bg is None for bg in bgs):
+            raise ValueError("backgrounds of one batch must be all transparent or none (RGBA vs RGB)")
+        image = _to_uint8(torch.cat((fgr, a), dim=1)).permute(0, 2, 3, 1).contiguous()
+        return _unbatched(Composite(image, image[..., 3]))
     # Scale to 0..255 with the rounding offset folded in before blending, so one lerp yields final values
-    # in [0.5, 255.5] and one strided copy truncates them into an H x W x 3 uint8 image: three passes over
-    # the frame instead of six (this runs on the inference device every frame; on a CPU it competes with
-    # the network for the same cores).
-    half = torch.tensor(0.5, dtype=fgr.dtype, device=fgr.device)
-    image = torch.empty((fgr.shape[2], fgr.shape[3], 3), dtype=torch.uint8, device=fgr.device)
-    image.permute(2, 0, 1).copy_(torch.lerp(_scaled(bg.to(fgr.dtype), half), torch.add(half, fgr[0], alpha=255),
-                                            a[0]))
-    return Composite(image, _to_uint8(a)[0, 0])
+    # in [0.5, 255.5] and one strided copy truncates them into a B x H x W x 3 uint8 image: three passes
+    # over the frame instead of six (this runs on the inference device every frame; on a CPU it competes
+    # with the network for the same cores). 0.5 is a Python scalar: a tensor made from it per frame would
+    # be a host->device copy and a sync on CUDA.
+    image = torch.empty((batch, fgr.shape[2], fgr.shape[3], 3), dtype=torch.uint8, device=fgr.device)
+    image.permute(0, 3, 1, 2).copy_(torch.lerp(_scaled([bg.to(fgr.dtype) for bg in bgs]),
+                                               torch.add(0.5, fgr, alpha=255), a))
+    return _unbatched(Composite(image, _to_uint8(a)[:, 0]))
 
 
-def _scaled(bg: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """``bg * 255 + 0.5``; a broadcast (solid colour) background is scaled once, not per pixel."""
-    if bg.stride(-1) == 0 and bg.stride(-2) == 0:
-        return torch.add(half, bg[0, :, :1, :1], alpha=255).expand(bg.shape[1:])
-    return torch.add(half, bg[0], alpha=255)
+def _unbatched(result: Composite) -> Composite:
+    """One frame comes back as H x W x C (what single-stream callers have always had)."""
+    return Composite(result.image[0], result.alpha[0]) if result.image.shape[0] == 1 else result
+
+
+def _scaled(bgs: list[torch.Tensor]) -> torch.Tensor:
+    """``bg * 255 + 0.5`` for each ``[1,3,H,W]`` background, as ``[B,3,H,W]``; broadcast (solid colour)
+    backgrounds are scaled once, not per pixel, and stay a broadcast."""
+    if all(bg.stride(-1) == 0 and bg.stride(-2) == 0 for bg in bgs):
+        small = torch.cat([bg[:, :, :1, :1] for bg in bgs]) if len(bgs) > 1 else bgs[0][:, :, :1, :1]
+        return torch.add(0.5, small, alpha=255).expand(len(bgs), *bgs[0].shape[1:])
+    return torch.add(0.5, torch.cat(bgs) if len(bgs) > 1 else bgs[0], alpha=255)

@@ -15,7 +15,7 @@ from typing import Any
 
 from .bus import Bus, ErrorEvent, QualityChanged
 from .config import Config, stream_configs
-from .engine_adapter import build_engine
+from .engine.select import build_engine
 from .errors import ConfigError, PipelineError, RvmLiveError
 from .session import Session
 from .sinks.base import Sink

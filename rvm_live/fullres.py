@@ -181,10 +181,10 @@ class FastMatter:
 
     def set_ratio(self, ratio: float) -> None:
         """Change the internal resolution (the quality governor), carrying the recurrent state resized."""
-        from .governor import resize_state
+        from .engine.state import resize_state, state_sizes
 
         if self.size is not None and ratio != self.ratio:
-            self.state = resize_state(self.state, *self.size, ratio)
+            self.state = resize_state(self.state, state_sizes(*self.size, ratio))
         self.ratio = ratio
 
     def coefficients(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,15 +12,14 @@ size; the top rung is RVM's own recommendation for that size.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from .engine.state import resize_state, state_sizes
 
 log = logging.getLogger(__name__)
 
@@ -118,41 +117,6 @@ class Governor:
         return decision
 
 
-def internal_size(height: int, width: int, ratio: float) -> tuple[int, int]:
-    """The network's internal image size for a frame and ratio (floor, as torch and the export resize)."""
-    return max(1, math.floor(height * ratio)), max(1, math.floor(width * ratio))
-
-
-def state_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """Sizes of the four recurrent states for an internal image: the encoder's 1/2, 1/4, 1/8 and 1/16
-    feature maps (each stride-2 stage rounds up)."""
-    sizes, h, w = [], height, width
-    for _ in range(4):
-        h, w = -(-h // 2), -(-w // 2)
-        sizes.append((h, w))
-    return sizes
-
-
-def resize_state(state: Sequence[Any], height: int, width: int, ratio: float) -> list[Any]:
-    """Carry a recurrent state (r1..r4, torch tensors or NumPy arrays ``[B,C,h,w]``) to the sizes the network
-    uses at ``ratio`` for ``height x width`` frames, bilinearly, instead of starting from zeros. Entries
-    that hold no state yet (None, or the export's 1x1x1x1 placeholder) are kept as they are."""
-    targets = state_sizes(*internal_size(height, width, ratio))
-    out = []
-    for r, (h, w) in zip(state, targets):
-        if r is None or r.shape[-1] == 1 and r.shape[-2] == 1 and r.shape[1] == 1:
-            out.append(r)
-        elif isinstance(r, np.ndarray):
-            b, c = r.shape[:2]
-            planes = r.reshape(b * c, *r.shape[2:]).transpose(1, 2, 0)  # cv2: H x W x channels
-            moved = cv2.resize(np.ascontiguousarray(planes), (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(np.ascontiguousarray(moved.reshape(h, w, b * c).transpose(2, 0, 1)).reshape(b, c, h, w))
-        else:
-            out.append(F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
-                       .contiguous(memory_format=torch.channels_last))
-    return out
-
-
 @torch.inference_mode()
 def measure_pop(model: Any, frames: np.ndarray, ratio_from: float, ratio_to: float, switch_at: int,
                 after: int = 5) -> dict[str, float]:
@@ -167,7 +131,7 @@ def measure_pop(model: Any, frames: np.ndarray, ratio_from: float, ratio_to: flo
         alphas = []
         for i, (image, ratio) in enumerate(zip(frames, ratios)):
             if i and ratio != ratios[i - 1]:
-                state = resize_state(state, height, width, ratio) if carry else [None] * 4
+                state = resize_state(state, state_sizes(height, width, ratio)) if carry else [None] * 4
             src = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
             _, pha, *state = model(src, *state, downsample_ratio=ratio)
             alphas.append(pha)

@@ -1,12 +1,10 @@
-"""Matting APIs: ``Matter`` (streaming, one frame at a time, owns the recurrent state) and ``matting()``
-(a whole clip at once, the ComfyUI-compatible function)."""
+"""Matting APIs: ``Matter`` (streaming, one stream, owns its recurrent state) and ``matting()`` (a whole
+clip at once, the ComfyUI-compatible function). Both are single-stream users of :class:`~rvm_live.engine.Engine`,
+which runs any number of streams per call."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,24 +12,16 @@ import numpy as np
 import torch
 
 from .compositing import parse_color
-from .config import ENGINES  # torch is the default; onnxruntime an opt-in CPU backend (BENCHMARKS.md)
-from .cuda_graphs import GraphedStep, to_model_input
+from .engine.core import Engine
+from .engine.loading import get_model, pick_engine, resolve_device, resolve_dtype
+from .engine.state import auto_downsample_ratio, check_ratio
 from .model.network import MattingNetwork
-from .ort_engine import OrtMattingNetwork
-from .weights import BACKBONES, load_model
+from .weights import BACKBONES
 
 log = logging.getLogger(__name__)
 
-# RVM's documented ratios for portraits (0.375 at 720p, 0.25 at 1080p, 0.125 at 4K) all put the long
-# side of the network's internal image at 480 px; inputs up to 512 px run at full size.
-AUTO_INTERNAL_SIZE = 480
-AUTO_FULL_SIZE_LIMIT = 512
-
-
-def auto_downsample_ratio(height: int, width: int) -> float:
-    """RVM's recommended downsample ratio for a frame size (internal long side 480 px, never upscaled)."""
-    long_side = max(height, width)
-    return 1.0 if long_side <= AUTO_FULL_SIZE_LIMIT else AUTO_INTERNAL_SIZE / long_side
+__all__ = ["Matter", "auto_downsample_ratio", "check_ratio", "get_model", "matting", "pick_engine",
+           "resolve_device", "resolve_dtype", "seed_downsample_ratio"]
 
 
 def seed_downsample_ratio(height: int, width: int) -> float:
@@ -39,68 +29,14 @@ def seed_downsample_ratio(height: int, width: int) -> float:
     return min(512 / max(height, width), 1.0)
 
 
-def check_ratio(ratio: float) -> float:
-    """Validate a downsample ratio: a number with 0 < r <= 1."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-        raise TypeError(f"downsample_ratio must be a number, got {type(ratio).__name__}")
-    if not 0 < ratio <= 1:
-        raise ValueError(f"downsample_ratio must satisfy 0 < r <= 1, got {ratio}")
-    return float(ratio)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; otherwise the named device (validated)."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_dtype(fp16: bool | None, device: torch.device) -> torch.dtype:
-    """fp16 applies on CUDA; asking for it elsewhere falls back to fp32 with one warning."""
-    if fp16 is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if fp16 and device.type != "cuda":
-        warnings.warn(f"fp16 is only used on CUDA; running in fp32 on {device}", RuntimeWarning, stacklevel=3)
-        return torch.float32
-    return torch.float16 if fp16 else torch.float32
-
-
-def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None) -> str:
-    """Resolve ``"auto"``: onnxruntime where it is faster and able (CPU, MobileNetV3, the official ONNX export
-    or an .onnx file, onnxruntime installed; see BENCHMARKS.md), torch everywhere else."""
-    if engine != "auto":
-        return engine
-    if device.type != "cpu" or backbone != "mobilenetv3":
-        return "torch"
-    if weights is not None and Path(weights).suffix != ".onnx":
-        return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnxruntime"
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_model(backbone: str, weights: str | None, device: torch.device, dtype: torch.dtype,
-                  offline: bool | None) -> MattingNetwork:
-    return load_model(backbone, weights=weights, offline=offline).to(device=device, dtype=dtype)
-
-
-def get_model(backbone: str, *, weights: str | Path | None = None, device: torch.device,
-              dtype: torch.dtype, offline: bool | None = None) -> MattingNetwork:
-    """A ready (folded, eval, on ``device`` in ``dtype``) model, shared between callers."""
-    return _cached_model(backbone, str(weights) if weights is not None else None, device, dtype, offline)
+def _check_frames(image: np.ndarray | torch.Tensor, ndim: int, what: str) -> None:
+    shape = getattr(image, "shape", None)
+    if shape is not None and len(shape) != ndim and getattr(image, "dtype", None) in (np.uint8, torch.uint8):
+        raise ValueError(f"frame must be {what}, got shape {tuple(shape)}")
 
 
 class Matter:
-    """Streaming matting: owns the model, device, dtype, downsample ratio and the four recurrent states.
+    """Streaming matting of one stream: an :class:`Engine` and the stream's :class:`StreamState`.
 
     ``step()`` takes one RGB uint8 frame and returns ``(fgr, pha)`` tensors on the device; the state
     carries to the next call and is reset automatically when the frame size changes.
@@ -115,173 +51,65 @@ class Matter:
                  fp16: bool | None = None, downsample_ratio: float | str | None = "auto",
                  always_refine: bool = False, cuda_graphs: bool | None = None, compile: bool = False,
                  channels_last: bool = True, engine: str = "torch", offline: bool | None = None) -> None:
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(fp16, self.device)
-        if downsample_ratio not in (None, "auto"):
-            check_ratio(downsample_ratio)  # type: ignore[arg-type]
-        self._ratio_setting = downsample_ratio
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        if engine == "onnxruntime":
-            self._init_onnxruntime(backbone, model, weights, cuda_graphs, compile, offline)
-            return
-        if model is None:
-            model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype, offline=offline)
-        else:
-            model = model.eval().to(device=self.device, dtype=self.dtype)
-        if channels_last:
-            # measured on CPU (BENCHMARKS.md) and the layout cuDNN's fp16 tensor-core kernels want
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.backbone = getattr(model, "backbone_name", backbone)
-        self.engine = "torch"
-        self.always_refine = always_refine
-        self._network = torch.compile(model, dynamic=False) if compile else model
-        on_cuda = self.device.type == "cuda"
-        if cuda_graphs and not on_cuda:
-            raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
-        self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs)
-        self._stream = torch.cuda.Stream(self.device) if on_cuda else None
-        self._init_state()
+        from .engine.state import StreamState
 
-    def _init_state(self) -> None:
+        self._state = StreamState(downsample_ratio)  # validates the ratio before the model loads
+        self.core = Engine(backbone, model=model, weights=weights, device=device, fp16=fp16, engine=engine,
+                           compile=compile, cuda_graphs=cuda_graphs, channels_last=channels_last,
+                           always_refine=always_refine, offline=offline)
         # the frame ``step()`` last matted, as the network saw it ([1,3,H,W], model dtype, on the device):
         # compositing needs it (blur backgrounds) and must not upload the frame a second time
         self.last_src: torch.Tensor | None = None
-        self._pinned: torch.Tensor | None = None
-        self._uploaded: torch.cuda.Event | None = None
-        self._graph: GraphedStep | None = None
-        self.size: tuple[int, int] | None = None
-        self.ratio: float | None = None
-        self.state: list[torch.Tensor | None] = [None] * 4
 
-    def _init_onnxruntime(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
-                          cuda_graphs: bool | None, compile: bool, offline: bool | None) -> None:
-        if self.device.type != "cpu" or backbone != "mobilenetv3" or model is not None or cuda_graphs or compile:
-            raise ValueError("engine='onnxruntime' runs the mobilenetv3 ONNX export on the CPU (fp32); it takes "
-                             "no model=, cuda_graphs= or compile=")
-        self.model = None
-        self.backbone, self.engine, self.always_refine = backbone, "onnxruntime", True
-        self._network = OrtMattingNetwork(weights, offline=offline)
-        self.cuda_graphs, self._stream = False, None
-        self._init_state()
+    device = property(lambda self: self.core.device, doc="The inference device.")
+    dtype = property(lambda self: self.core.dtype, doc="The model dtype.")
+    backbone = property(lambda self: self.core.backbone, doc="mobilenetv3 or resnet50.")
+    engine = property(lambda self: self.core.engine, doc="The backend: torch or onnxruntime.")
+    model = property(lambda self: self.core.model, doc="The torch network (None with onnxruntime).")
+    always_refine = property(lambda self: self.core.always_refine, doc="Refine at ratio 1 too.")
+    cuda_graphs = property(lambda self: self.core.cuda_graphs, doc="Steps replay CUDA graphs.")
+    size = property(lambda self: self._state.size, doc="(H, W) of the current frames, or None.")
+    ratio = property(lambda self: self._state.ratio, doc="The downsample ratio in use, or None.")
+    state = property(lambda self: self._state.rec, doc="r1..r4 (None: not started).")
 
-    @torch.inference_mode()  # the state tensors are inference tensors: zeroing them needs the same mode
     def reset(self) -> None:
         """Forget the recurrent state (new scene, source restart, or on request)."""
-        self.state = [None] * 4
-        if self._graph is not None:
-            self._graph.reset()
-            self.state = list(self._graph.state)
-
-    def _prepare(self, height: int, width: int) -> None:
-        if self.size != (height, width):
-            if self.size is not None:
-                log.info("frame size changed %s -> %s; resetting recurrent state", self.size, (height, width))
-            self._graph = None  # a graph holds one frame size
-            self.reset()
-            self.size = (height, width)
-            setting = self._ratio_setting
-            self.ratio = auto_downsample_ratio(height, width) if setting in (None, "auto") else float(setting)
-
-    @staticmethod
-    def _as_tensor(image: np.ndarray | torch.Tensor, *, frames: bool = False) -> torch.Tensor:
-        """A uint8 ``H x W x 3`` frame (``frames=True``: ``T x H x W x 3``) as a tensor, or a named error."""
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8:
-                raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
-            image = torch.from_numpy(np.ascontiguousarray(image))
-        elif image.dtype != torch.uint8:
-            raise TypeError(f"unexpected frame dtype: {image.dtype} != uint8")
-        ndim, what = (4, "T x H x W x 3") if frames else (3, "H x W x 3")
-        if image.ndim != ndim or image.shape[-1] != 3 or 0 in image.shape:
-            raise ValueError(f"frame must be {what}, got shape {tuple(image.shape)}")
-        return image
-
-    def _to_device_uint8(self, image: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 frame → device (CUDA: via a reused pinned buffer, async on the matting stream)."""
-        if self.device.type != "cuda":
-            return image if out is None else out.copy_(image)
-        if image.device.type == "cuda":
-            with torch.cuda.stream(self._stream):
-                return image.to(self.device) if out is None else out.copy_(image)
-        if self._pinned is None or self._pinned.shape != image.shape:
-            self._pinned = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-            self._uploaded = None
-        if self._uploaded is not None:
-            self._uploaded.synchronize()  # the previous frame's copy has left the pinned buffer
-        self._pinned.copy_(image)
-        with torch.cuda.stream(self._stream):
-            if out is None:
-                out = torch.empty(image.shape, dtype=torch.uint8, device=self.device)
-            out.copy_(self._pinned, non_blocking=True)
-            self._uploaded = torch.cuda.Event()
-            self._uploaded.record(self._stream)
-        return out
+        self._state.reset()
 
     def upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """RGB uint8 ``H x W x 3`` → ``[1, 3, H, W]`` in the model dtype on the device (uint8 crosses the bus)."""
-        frame = self._to_device_uint8(self._as_tensor(image))
-        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
-            x = to_model_input(frame, self.dtype)
-        if self._stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-        return x
+        _check_frames(image, 3, "H x W x 3")
+        return self.core.upload([image])
 
-    @torch.inference_mode()
     def infer(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the network on ``[B,3,H,W]`` or ``[1,T,3,H,W]`` (device, dtype, 0..1), carrying state."""
-        self._prepare(src.shape[-2], src.shape[-1])
-        if self._graph is not None:  # leave the graph: continue eagerly from its state
-            self.state = [s.clone() for s in self._graph.state]
-            self._graph = None
-        fgr, pha, *state = self._network(src, *self.state, downsample_ratio=self.ratio,
-                                         always_refine=self.always_refine)
-        self.state = state
-        return fgr, pha
+        """Run the network on ``[1,3,H,W]`` or ``[1,T,3,H,W]`` (device, dtype, 0..1), carrying state."""
+        if src.ndim == 4:
+            fgr, pha = self.core.run_clip(src.unsqueeze(1), self._state)
+            return fgr[:, 0], pha[:, 0]
+        return self.core.run_clip(src, self._state)
 
-    @torch.inference_mode()
     def step(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte one RGB uint8 frame: returns ``fgr [1,3,H,W]`` and ``pha [1,1,H,W]`` on the device."""
-        if not self.cuda_graphs:
+        if not self.core.cuda_graphs:  # eager: the two halves a caller may also use (or override) alone
             self.last_src = self.upload(image)
             return self.infer(self.last_src)
-        image = self._as_tensor(image)
-        self._prepare(image.shape[0], image.shape[1])
-        current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # the caller is done with the previous outputs
-        if self._graph is None:
-            self._capture()
-        self._to_device_uint8(image, out=self._graph.frame)
-        with torch.cuda.stream(self._stream):
-            fgr, pha = self._graph.replay()
-        current.wait_stream(self._stream)
-        self.last_src = self._graph.src
-        return fgr, pha
+        _check_frames(image, 3, "H x W x 3")
+        out = self.core.step([image], [self._state])
+        self.last_src = out.src
+        return out.fgr, out.pha
 
-    def _capture(self) -> None:
-        height, width = self.size
-        graph = GraphedStep(self._network, height=height, width=width, dtype=self.dtype, ratio=self.ratio,
-                            always_refine=self.always_refine, device=self.device, stream=self._stream)
-        if any(s is not None for s in self.state):  # came from eager steps: carry their state in
-            # on the graph's stream, after the zeroing it queued there
-            with torch.cuda.stream(self._stream):
-                for buffer, s in zip(graph.state, self.state):
-                    buffer.copy_(s)
-        self._graph = graph
-        self.state = list(graph.state)
-
-    @torch.inference_mode()
     def step_chunk(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Matte ``T`` consecutive uint8 frames ``[T,H,W,3]`` in one network call along time (file
         throughput); returns ``fgr [T,3,H,W]`` and ``pha [T,1,H,W]``; the state carries on as with ``step``."""
-        frames = self._as_tensor(frames, frames=True)
-        src = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).mul_(1 / 255)
+        _check_frames(frames, 4, "T x H x W x 3")
+        src = self.core.upload(frames)
         self.last_src = src
-        fgr, pha = self.infer(src.unsqueeze(0))
+        fgr, pha = self.core.run_clip(src.unsqueeze(0), self._state)
         return fgr[0], pha[0]
+
+    def download(self, tensor: torch.Tensor) -> np.ndarray:
+        """A device tensor as a host array (pinned buffer + event on CUDA; the tensor's memory on the CPU)."""
+        return self.core.download(tensor)
 
 
 def _validate_frames(video_frames: object) -> torch.Tensor:
@@ -324,14 +152,15 @@ def matting(video_frames: torch.Tensor | np.ndarray, backbone: str = "resnet50",
     rgb = parse_color(bg_color)
     n, h, w, _ = frames.shape
     ratio = seed_downsample_ratio(h, w) if downsample_ratio is None else check_ratio(downsample_ratio)
-    matter = Matter(backbone, model=model, weights=weights, device=device, fp16=fp16, downsample_ratio=ratio)
-    bg = torch.tensor(rgb, device=matter.device, dtype=torch.float32).view(1, 3, 1, 1) / 255
+    engine = Engine(backbone, model=model, weights=weights, device=device, fp16=fp16)
+    state = engine.new_state(ratio)
+    bg = torch.tensor(rgb, device=engine.device, dtype=torch.float32).view(1, 3, 1, 1) / 255
     images, masks, foregrounds = [], [], []
     if progress is not None:
         progress(0, n)
     for start in range(0, n, batch_size):
-        chunk = frames[start:start + batch_size].to(matter.device, matter.dtype, non_blocking=True)
-        fgr, pha = matter.infer(chunk.permute(0, 3, 1, 2).unsqueeze(0))
+        chunk = frames[start:start + batch_size].to(engine.device, engine.dtype, non_blocking=True)
+        fgr, pha = engine.run_clip(chunk.permute(0, 3, 1, 2).unsqueeze(0), state)
         fgr, pha = fgr[0].float(), pha[0].float()
         if threshold is not None:
             pha = (pha > threshold).float()

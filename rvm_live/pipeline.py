@@ -11,7 +11,6 @@ from typing import Any
 
 from .config import Config
 from .daemon import Daemon
-from .engine_adapter import MatterEngine
 from .frame import Frame
 from .matting import Matter
 from .session import default_outputs
@@ -28,9 +27,10 @@ class Pipeline(Daemon):
 
     def __init__(self, config: Config, *, matter: Matter | None = None, source: Source | None = None,
                  sinks: list[Sink] | None = None) -> None:
-        engine = MatterEngine(matter) if matter is not None else None
-        super().__init__(config, engine=engine, states=[matter] if matter is not None else None, source=source,
-                         sinks=sinks)
+        # a Matter brings its engine and its stream's state (tests and embedding reuse a loaded model)
+        engine = matter.core if matter is not None else None
+        super().__init__(config, engine=engine, states=[matter._state] if matter is not None else None,
+                         source=source, sinks=sinks)
         self._one = self.session()
         self._direct: InferenceStage | None = None
 
@@ -39,7 +39,7 @@ class Pipeline(Daemon):
     workers = property(lambda self: self._one.workers)
     paused = property(lambda self: self._one.paused)
     chunk = property(lambda self: self._one.chunk)
-    matter = property(lambda self: self._one.state)
+    state = property(lambda self: self._one.state)
 
     def process(self, frame: Frame) -> Frame:
         """Matte and composite one frame now, in this thread (the source must be open)."""

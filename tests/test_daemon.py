@@ -16,18 +16,17 @@ from test_pipeline import RecordingSink
 from rvm_live.config import Config, load_toml, stream_configs
 from rvm_live.control import ControlServer
 from rvm_live.daemon import Daemon
-from rvm_live.engine_adapter import MatterEngine
+from rvm_live.engine import Engine
 from rvm_live.errors import ConfigError, SourceError
-from rvm_live.matting import Matter
 
 
 @pytest.fixture(scope="module")
 def engine_factory(mobilenet):
     """A fresh engine around the real (official-weights) network, as the daemon builds it."""
-    def make():
-        def matter(downsample="auto"):
-            return Matter("mobilenetv3", model=mobilenet, device="cpu", downsample_ratio=downsample)
-        return MatterEngine(matter(), matter)
+    def make(engine="torch"):
+        if engine == "onnxruntime":
+            return Engine("mobilenetv3", device="cpu", engine="onnxruntime")
+        return Engine("mobilenetv3", model=mobilenet, device="cpu")
     return make
 
 

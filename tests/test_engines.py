@@ -63,10 +63,10 @@ def test_cuda_graph_steps_match_eager_and_recapture_on_resize(frames):
         pha_g = graphed.step(frame)[1].float().clone()
         pha_e = eager.step(frame)[1].float()
         torch.testing.assert_close(pha_g, pha_e, atol=2e-2, rtol=0)
-    first_graph = graphed._graph
+    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5)]
     small = np.ascontiguousarray(frames[0][:96, :128])
     assert graphed.step(small)[1].shape == (1, 1, 96, 128)
-    assert graphed._graph is not first_graph and graphed.size == (96, 128)
+    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5), (1, 96, 128, 0.5)] and graphed.size == (96, 128)
 
 
 @pytest.mark.gpu
@@ -79,3 +79,35 @@ def test_cuda_graph_reset_restarts_the_state(frames):
     matter.reset()
     again = matter.step(frames[0])[1].float()
     torch.testing.assert_close(again, first, atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_chunks_between_graph_steps_keep_the_graph_and_its_state(frames):
+    mixed = Matter(device="cuda", downsample_ratio=0.5)
+    graphed = Matter(device="cuda", downsample_ratio=0.5)
+    mixed.step(frames[0])
+    graphs = list(mixed.core.graphs.values())
+    mixed.step_chunk(frames[1:4])  # a burst from the decoder: eager, from and back into the graph's state
+    pha = mixed.step(frames[4])[1].float()
+    for frame in frames[:5]:
+        reference = graphed.step(frame)[1].float()
+    assert list(mixed.core.graphs.values()) == graphs  # never re-captured
+    torch.testing.assert_close(pha, reference, atol=2e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_batched_graph_steps_equal_single_stream_graph_steps(frames):
+    from rvm_live.engine import Engine
+
+    engine = Engine(device="cuda")
+    joint = [engine.new_state(0.5), engine.new_state(0.5)]
+    alone = [engine.new_state(0.5), engine.new_state(0.5)]
+    for frame in frames:
+        other = np.ascontiguousarray(frame[::-1])
+        together = engine.step([frame, other], joint).pha.float().clone()
+        first = engine.step([frame], [alone[0]]).pha.float().clone()
+        second = engine.step([other], [alone[1]]).pha.float().clone()
+        torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-2, rtol=0)
+    assert set(engine.graphs) == {(2, 144, 176, 0.5), (1, 144, 176, 0.5)}

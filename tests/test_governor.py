@@ -99,16 +99,16 @@ def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilen
 def test_resize_state_gives_the_shapes_the_network_makes(mobilenet, carphone_frames):
     import torch
 
-    from rvm_live.governor import resize_state
+    from rvm_live.engine.state import resize_state, state_sizes
 
     src = torch.from_numpy(carphone_frames[0]).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         _, _, *state = mobilenet(src, downsample_ratio=1.0)
         _, _, *expected = mobilenet(src, downsample_ratio=0.6)
-        moved = resize_state(state, 144, 176, 0.6)
+        moved = resize_state(state, state_sizes(144, 176, 0.6))
         assert [tuple(r.shape) for r in moved] == [tuple(r.shape) for r in expected]
         mobilenet(src, *moved, downsample_ratio=0.6)  # and the network takes it
-    as_numpy = resize_state([r.numpy() for r in state], 144, 176, 0.6)
+    as_numpy = resize_state([r.numpy() for r in state], state_sizes(144, 176, 0.6))
     assert [a.shape for a in as_numpy] == [tuple(r.shape) for r in expected]
 
 

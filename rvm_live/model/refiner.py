@@ -23,6 +23,10 @@ class DeepGuidedFilterRefiner(nn.Module):
             nn.ReLU(True),
             nn.Conv2d(hid_channels, 4, kernel_size=1, bias=True),
         )
+        # constants of forward()'s rewrite, as buffers so they follow .to(device, dtype): a tensor made from
+        # host data per call would be a blocking host->device copy on CUDA, and illegal in a graph capture
+        self.register_buffer("scale", torch.tensor([1.0, 1.0, 1.0, 1.0 / 3.0]).view(1, 4, 1, 1), persistent=False)
+        self.register_buffer("offset", torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 4, 1, 1), persistent=False)
 
     def coefficients(self, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor,
                      base_hid: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,9 +49,7 @@ class DeepGuidedFilterRefiner(nn.Module):
         #   fgr = A_rgb * x + b_rgb + x           = (A_rgb + 1) * x + b_rgb
         #   pha = A_a * mean(x) + b_a             = (A_a / 3) * sum(x) + b_a
         # which leaves one 8-channel upsample and two multiply-adds at full resolution.
-        scale = a.new_tensor([1.0, 1.0, 1.0, 1.0 / 3.0]).view(1, 4, 1, 1)
-        offset = a.new_tensor([1.0, 1.0, 1.0, 0.0]).view(1, 4, 1, 1)
-        coeffs = torch.cat([torch.addcmul(offset, a, scale), b], dim=1)
+        coeffs = torch.cat([torch.addcmul(self.offset, a, self.scale), b], dim=1)
         coeffs = F.interpolate(coeffs, fine_src.shape[2:], mode="bilinear", align_corners=False)
         fgr = torch.addcmul(coeffs[:, 4:7], coeffs[:, 0:3], fine_src).clamp_(0.0, 1.0)
         pha = torch.addcmul(coeffs[:, 7:8], coeffs[:, 3:4], fine_src.sum(1, keepdim=True)).clamp_(0.0, 1.0)

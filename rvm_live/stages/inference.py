@@ -17,6 +17,7 @@ import torch
 
 from ..bus import Bus, EndOfStreamEvent, QualityChanged, StepTiming
 from ..compositing import composite
+from ..engine.transfer import Download
 from ..frame import END, EndOfStream, Frame
 from ..governor import Governor, ladder_ratios
 from ..matting import auto_downsample_ratio
@@ -44,6 +45,7 @@ class InferenceStage:
         self.batch_wait_s = batch_wait_s
         self._held: dict[str, Frame | EndOfStream] = {}  # taken from a queue, not yet processed
         self._generation: dict[str, int | None] = {s.id: None for s in sessions}
+        self._download = Download()  # this thread's pinned host buffer
         self.batches = 0  # network calls made
         self.batched_frames = 0  # frames that went through them
 
@@ -196,8 +198,9 @@ class InferenceStage:
     def _matte_chunk(self, session: Session, frames: list[Frame]) -> list[tuple[Session, list[Frame]]]:
         images = [session.input_image(f) for f in frames]
         with torch.inference_mode():
-            out = self.engine.step_chunk(np.stack(images), session.state)
-            results = [self._blend(session, f, img, out.fgr[t:t + 1], out.pha[t:t + 1], out.src[t:t + 1])
+            src = self.engine.upload(np.stack(images))
+            fgr, pha = self.engine.run_clip(src.unsqueeze(0), session.state)
+            results = [self._blend(session, f, img, fgr[0, t:t + 1], pha[0, t:t + 1], src[t:t + 1])
                        for t, (f, img) in enumerate(zip(frames, images))]
         self.batches += 1
         self.batched_frames += len(frames)
@@ -206,7 +209,10 @@ class InferenceStage:
     def _blend(self, session: Session, frame: Frame, image: np.ndarray, fgr: torch.Tensor, pha: torch.Tensor,
                src: torch.Tensor) -> Frame:
         result = composite(fgr, pha, session.background(), src, threshold=session.threshold)
-        return session.finish(frame, image, result.image.cpu().numpy(), result.alpha.cpu().numpy())
+        # only the picture comes down (pinned buffer + event on CUDA): no output reads Frame.alpha, so it is
+        # kept only where it costs no copy (on the CPU, a view of the composite's own alpha)
+        alpha = result.alpha.numpy() if result.alpha.device.type == "cpu" else None
+        return session.finish(frame, image, self._download(result.image), alpha)
 
     # ----- fan-out -------------------------------------------------------------------------------------
     def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:

@@ -1,0 +1,75 @@
+"""An onnxruntime execution backend for ``Engine(engine="onnxruntime")`` (CPU).
+
+On the 2-core CPUs measured in BENCHMARKS.md, onnxruntime's MLAS kernels run RVM's MobileNetV3 faster than
+PyTorch's oneDNN path, so CPU users can opt into it behind the same ``Engine`` interface. It runs the
+official ONNX export (or another export with the same inputs: ``src, r1i..r4i, downsample_ratio``), which
+always applies the guided-filter refiner, even at ratio 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_session(path: str | Path | bytes, threads: int):
+    """An onnxruntime CPU session using ``threads`` intra-op threads (all graph optimisations on); ``path``
+    may also be a serialized model.
+
+    When the pool takes every usable core, its idle threads do not spin: with one core busy elsewhere (a
+    video-call app, another process) a spinning pool burns the cores its own descheduled peer needs and
+    slows down several-fold; without spinning it slows down in proportion (BENCHMARKS.md, contention)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if threads >= usable_cores():
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class OrtMattingNetwork:
+    """Callable like ``MattingNetwork`` for ``[B,3,H,W]`` float32 CPU tensors (B streams, one frame each);
+    returns torch tensors."""
+
+    backbone_name = "mobilenetv3"
+
+    def __init__(self, weights: str | Path | None = None, *, threads: int | None = None,
+                 offline: bool | None = None) -> None:
+        try:
+            import onnxruntime  # noqa: F401  (fail here with the install hint, not deep in a session)
+        except ImportError as exc:
+            raise ValueError("engine='onnxruntime' needs the onnxruntime package (pip install onnxruntime)") from exc
+        if weights is None:
+            from ..assets import fetch
+            from ..weights import MOBILENETV3_ONNX_MIRROR
+
+            weights = fetch(MOBILENETV3_ONNX_MIRROR, offline=offline)
+        path = Path(weights).expanduser()
+        if path.suffix != ".onnx":
+            raise ValueError(f"engine='onnxruntime' needs an .onnx export, got {path}")
+        self.session = cpu_session(path, threads or torch.get_num_threads())  # the budget torch would use
+        self._empty = np.zeros((1, 1, 1, 1), np.float32)
+
+    def __call__(self, src: Tensor, r1: Tensor | None = None, r2: Tensor | None = None, r3: Tensor | None = None,
+                 r4: Tensor | None = None, downsample_ratio: float = 1.0,
+                 always_refine: bool = False) -> tuple[Tensor, ...]:
+        if src.ndim != 4:
+            raise ValueError(f"engine='onnxruntime' runs one frame per stream ([B,3,H,W]), got {tuple(src.shape)}")
+        feed = {"src": src.detach().to(torch.float32).contiguous().numpy(),
+                "downsample_ratio": np.array([downsample_ratio], np.float32)}
+        for name, r in zip(("r1i", "r2i", "r3i", "r4i"), (r1, r2, r3, r4)):
+            feed[name] = self._empty if r is None else r.contiguous().numpy()
+        return tuple(torch.from_numpy(a) for a in self.session.run(None, feed))
