@@ -37,17 +37,18 @@ def two_streams(carphone_path, **extra) -> Config:
     ))
 
 
-def test_two_streams_equal_each_run_alone(carphone_path, engine_factory):
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+def test_two_streams_equal_each_run_alone(carphone_path, engine_factory, kind):
     """Batched through one engine, each stream comes out as it does alone: the states never mix."""
     config = two_streams(carphone_path, max_frames=24)
     records = {"a": RecordingSink("a"), "b": RecordingSink("b")}
-    daemon = Daemon(config, engine=engine_factory(), sinks={k: [v] for k, v in records.items()})
+    daemon = Daemon(config, engine=engine_factory(kind), sinks={k: [v] for k, v in records.items()})
     stats = daemon.run()
     assert stats["frames_out"] == 48 and stats["streams"]["a"]["frames_out"] == 24
     assert stats["mean_batch"] > 1  # the two streams really went through the network together
     for stream_id, cfg in stream_configs(config):
         alone = RecordingSink(f"alone-{stream_id}")
-        solo = Daemon(cfg, engine=engine_factory(), sinks=[alone])
+        solo = Daemon(cfg, engine=engine_factory(kind), sinks=[alone])
         solo.run()
         together = [f.image.astype(int) for _, f in records[stream_id].frames]
         single = [f.image.astype(int) for _, f in alone.frames]
