@@ -166,9 +166,7 @@ class InferenceStage:
         else:
             with torch.inference_mode():
                 out = self.engine.step([m[2] for m in members], [s.state for s in sessions])
-                results = [(session, [self._blend(session, frame, image, out.fgr[b:b + 1], out.pha[b:b + 1],
-                                                  out.src[b:b + 1])])
-                           for b, (session, frame, image) in enumerate(members)]
+                results = self._blend_all(members, out)
         step_ms = (time.perf_counter() - started) * 1000
         self.batches += 1
         self.batched_frames += len(members)
@@ -206,9 +204,27 @@ class InferenceStage:
         self.batched_frames += len(frames)
         return [(session, results)]
 
+    def _blend_all(self, members: list[tuple[Session, Frame, np.ndarray]],
+                   out: Any) -> list[tuple[Session, list[Frame]]]:
+        """Blend a batch's frames over their streams' backgrounds: in one call and one download when the
+        streams agree on the mask threshold and on transparency, else stream by stream."""
+        sessions = [m[0] for m in members]
+        backgrounds = [s.background() for s in sessions]
+        uniform = len({s.threshold for s in sessions}) == 1 and len({bg.transparent for bg in backgrounds}) == 1
+        if len(members) == 1 or not uniform:
+            return [(session, [self._blend(session, frame, image, out.fgr[b:b + 1], out.pha[b:b + 1],
+                                           out.src[b:b + 1], background)])
+                    for b, ((session, frame, image), background) in enumerate(zip(members, backgrounds))]
+        result = composite(out.fgr, out.pha, backgrounds, out.src, threshold=sessions[0].threshold)
+        pictures = self._download(result.image)
+        alphas = result.alpha.numpy() if result.alpha.device.type == "cpu" else [None] * len(members)
+        return [(session, [session.finish(frame, image, pictures[b], alphas[b])])
+                for b, (session, frame, image) in enumerate(members)]
+
     def _blend(self, session: Session, frame: Frame, image: np.ndarray, fgr: torch.Tensor, pha: torch.Tensor,
-               src: torch.Tensor) -> Frame:
-        result = composite(fgr, pha, session.background(), src, threshold=session.threshold)
+               src: torch.Tensor, background: Any = None) -> Frame:
+        background = background if background is not None else session.background()
+        result = composite(fgr, pha, background, src, threshold=session.threshold)
         # only the picture comes down (pinned buffer + event on CUDA): no output reads Frame.alpha, so it is
         # kept only where it costs no copy (on the CPU, a view of the composite's own alpha)
         alpha = result.alpha.numpy() if result.alpha.device.type == "cpu" else None
