@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # one, at 640x360 and ratio 0.75: a 480x270 internal image, the size of RVM's auto ratio at 720p too.
 RECIPE = {"clip": "carphone", "frames": [60, 120, 2], "size": [640, 360], "ratio": 0.75, "format": "QDQ",
           "activations": "QUInt8", "weights": "QInt8", "per_channel": True, "reduce_range": True,
-          "method": "MinMax", "version": 1}
+          "method": "MinMax", "quantize": "encoder", "version": 2}
 
 
 def recipe_digest(source: Path) -> str:
@@ -47,6 +47,16 @@ def calibration_feeds(model_bytes: bytes, frames: np.ndarray, ratio: float) -> l
         feeds.append(feed)
         _, _, *state = session.run(None, feed)
     return feeds
+
+
+def recurrent_part(model) -> list[str]:
+    """Names of the nodes from the first one reading a recurrent state on (the decoder, projection and
+    refiner): kept in float, since their errors feed back through the state frame after frame."""
+    if RECIPE["quantize"] != "encoder":
+        return []
+    nodes = list(model.graph.node)
+    first = next(i for i, n in enumerate(nodes) if {"r1i", "r2i", "r3i", "r4i"} & set(n.input))
+    return [n.name for n in nodes[first:]]
 
 
 def quantize_lowres(source: str | Path, dest: str | Path, frames: np.ndarray) -> Path:
@@ -80,7 +90,7 @@ def quantize_lowres(source: str | Path, dest: str | Path, frames: np.ndarray) ->
         quantize_static(str(fp32), str(dest.with_suffix(".part")), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=RECIPE["per_channel"], reduce_range=RECIPE["reduce_range"],
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=recurrent_part(model))
     dest.with_suffix(".part").replace(dest)
     return dest
 
