@@ -68,13 +68,15 @@ class CpuHog:
             self.process.wait()
 
 
-def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[dict[str, Any], list[dict]]:
-    """Run the pipeline for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``."""
+def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[dict[str, Any], list[dict], dict]:
+    """Run the pipeline for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``; returns the
+    final stats, the samples and ``{t, cpu_s}``: wall and process CPU seconds while it ran (model load
+    excluded; the source's decoding of every frame, dropped or not, included)."""
     from .pipeline import Pipeline
 
     pipeline = Pipeline(config, sinks=[sink])
     samples: list[dict] = []
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     try:
         pipeline.start()
         while not pipeline.wait(timeout=SAMPLE_S):
@@ -85,7 +87,8 @@ def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[d
                 pipeline.stop()
     finally:
         pipeline.close()
-    return pipeline.stats(), samples
+    samples.append({"t": round(time.monotonic() - start, 2), "cpu_s": time.process_time() - cpu_start})
+    return pipeline.stats(), samples[:-1], samples[-1]
 
 
 def steady_fps(samples: list[dict], warmup_s: float = WARMUP_S) -> float | None:
@@ -167,7 +170,7 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
         torch.set_num_threads(threads)
     clip = bench_frames(width, height, CLIP_FRAMES)  # the whole demo clip, looped by the source
     sink = RecordingNullSink(keep=fidelity_frames)
-    load_before, cpu_before, wall_before = os.getloadavg(), time.process_time(), time.monotonic()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="rvm-live-livebench-") as tmp:
         source = encode_clip(clip, Path(tmp) / "live.mp4", fps=round(fps))
         config = Config(source=str(source), realtime=True, loop=True, outputs=("null",), device="cpu",
@@ -175,10 +178,9 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
                         log_level="warning")
         if hog:
             with CpuHog():
-                stats, samples = run_pipeline_sampled(config, sink, seconds)
+                stats, samples, used = run_pipeline_sampled(config, sink, seconds)
         else:
-            stats, samples = run_pipeline_sampled(config, sink, seconds)
-        cores_used = (time.process_time() - cpu_before) / (time.monotonic() - wall_before)
+            stats, samples, used = run_pipeline_sampled(config, sink, seconds)
         played = decode_frames(source, fidelity_frames)  # what the source gave, after encoding
     load_after = os.getloadavg()
     report: dict[str, Any] = {
@@ -187,7 +189,9 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
                      "fullres": fullres, "engine": engine, "downsample": downsample, "threads": threads,
                      "queue_size": queue_size},
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
-        "cores_used": round(cores_used, 2),  # CPU time this process got per second: what the others left us
+        "cores_used": round(used["cpu_s"] / used["t"], 2),  # CPU time we got per second: what others left us
+        # what one output frame cost the cores (first inferences included): on idle cores fps <= cores*1000/this
+        "cpu_ms_per_frame_out": round(1000 * used["cpu_s"] / max(stats["frames_out"], 1), 1),
         "fps_out": steady_fps(samples),
         "frames_in": stats["frames_in"], "frames_out": stats["frames_out"],
         "frames_dropped": stats["frames_dropped"],
@@ -211,7 +215,7 @@ def format_live_report(report: dict[str, Any]) -> str:
         + (", CPU hog on core 0" if s["hog"] else ""),
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
         f"{report['load_average_1min']['before']} -> {report['load_average_1min']['after']}, this process used "
-        f"{report['cores_used']} cores",
+        f"{report['cores_used']} cores, {report['cpu_ms_per_frame_out']} CPU ms per frame out",
         f"fps out {report['fps_out']}  (frames in {report['frames_in']}, out {report['frames_out']}, "
         f"dropped {report['frames_dropped']})",
         f"latency p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms",
