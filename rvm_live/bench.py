@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--hog", action="store_true", help="a busy-loop process pinned to core 0 runs beside it")
     live.add_argument("--fullres", choices=("exact", "fast"), default="exact",
                       help="full-resolution stage (fast: one OpenCV pass, see fullres.py)")
-    live.add_argument("--fidelity-frames", type=int, default=60,
+    live.add_argument("--fidelity-frames", type=int, default=90,
                       help="source frames compared against a fixed-quality run (0: skip)")
     return parser
 

@@ -55,11 +55,14 @@ class FastFullRes:
         self._bg_key: object = None
         self._bg_image: np.ndarray | None = None
 
-    def matte(self, frame: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def matte(self, frame: np.ndarray, a: np.ndarray, b: np.ndarray,
+              x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One frame (``H x W x 3`` uint8) and its ``A, b`` (``[4,h,w]``) → ``fgr`` ``H x W x 3`` float32
-        in 0..255 (not clamped) and ``pha`` ``H x W`` float32 clamped to 0..1."""
+        in 0..255 (not clamped) and ``pha`` ``H x W`` float32 clamped to 0..1. ``x``: the frame as float32,
+        when the caller already has it."""
         height, width = frame.shape[:2]
-        x = frame.astype(np.float32)
+        if x is None:
+            x = frame.astype(np.float32)
         fgr = _resize(np.ascontiguousarray(b[:3].transpose(1, 2, 0)) * np.float32(255), height, width)
         cv2.accumulateProduct(x, _resize(np.ascontiguousarray((a[:3] + 1).transpose(1, 2, 0)), height, width), fgr)
         total = cv2.transform(x, np.ones((1, 3), np.float32))
@@ -69,26 +72,28 @@ class FastFullRes:
         cv2.max(pha, 0.0, dst=pha)
         return fgr, pha
 
-    def __call__(self, frames: np.ndarray, coeffs: tuple[np.ndarray, np.ndarray],
-                 background: BackgroundLike) -> FullRes:
+    def __call__(self, frames: np.ndarray, coeffs: tuple[np.ndarray, np.ndarray], background: BackgroundLike,
+                 *, floats: np.ndarray | None = None) -> FullRes:
         """Composite ``frames`` ``[B,H,W,3]`` uint8 with their coefficients ``(A, b)`` (``[B,4,h,w]``) over
         ``background``: a :class:`~rvm_live.compositing.Background`, an RGB tuple, an ``H x W x 3`` uint8
-        picture, or None (transparent: RGBA out)."""
+        picture, or None (transparent: RGBA out). ``floats``: ``frames`` as float32, if already made."""
         a, b = coeffs
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [B,H,W,3], got {frames.dtype} {list(frames.shape)}")
         if a.shape != b.shape or a.ndim != 4 or a.shape[:2] != (frames.shape[0], 4):
             raise ValueError(f"coefficients must be two [B,4,h,w] arrays, got {list(a.shape)} and {list(b.shape)}")
         images, alphas = [], []
-        for frame, fa, fb in zip(frames, a, b):
-            image, alpha = self._one(frame, fa, fb, background)
+        for i, (frame, fa, fb) in enumerate(zip(frames, a, b)):
+            image, alpha = self._one(frame, fa, fb, background, None if floats is None else floats[i])
             images.append(image)
             alphas.append(alpha)
+        if len(images) == 1:  # the live case: no copy
+            return FullRes(images[0][None], alphas[0][None])
         return FullRes(np.stack(images), np.stack(alphas))
 
-    def _one(self, frame: np.ndarray, a: np.ndarray, b: np.ndarray,
-             background: BackgroundLike) -> tuple[np.ndarray, np.ndarray]:
-        fgr, pha = self.matte(frame, a, b)
+    def _one(self, frame: np.ndarray, a: np.ndarray, b: np.ndarray, background: BackgroundLike,
+             x: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        fgr, pha = self.matte(frame, a, b, x)
         if self.threshold is not None:
             cv2.threshold(pha, self.threshold, 1.0, cv2.THRESH_BINARY, dst=pha)
         fgr8 = cv2.add(fgr, 0.0, dtype=cv2.CV_8U)  # saturating, rounded
@@ -187,20 +192,23 @@ class FastMatter:
             self.state = resize_state(self.state, state_sizes(*self.size, ratio))
         self.ratio = ratio
 
-    def coefficients(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the network on one uint8 ``H x W x 3`` frame, carrying the state: low-resolution ``A, b``."""
+    def coefficients(self, image: np.ndarray, floats: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on one uint8 ``H x W x 3`` frame (``floats``: the same as float32, if made),
+        carrying the state: low-resolution ``A, b``."""
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"frame must be uint8 H x W x 3, got {image.dtype} {list(image.shape)}")
         self._prepare(image.shape[0], image.shape[1])
-        a, b, self.state = self.network(downsample(image[None], self.ratio), self.state)
+        small = downsample((image if floats is None else floats)[None], self.ratio)
+        a, b, self.state = self.network(small, self.state)
         return a, b
 
     def step(self, image: np.ndarray, background: BackgroundLike,
              threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Matte and composite one frame: ``(image H x W x 3|4, alpha H x W)`` uint8."""
-        coeffs = self.coefficients(image)
+        floats = image.astype(np.float32)  # made once: the network's input and the refiner's guide
+        coeffs = self.coefficients(image, floats)
         self.fullres.threshold = threshold
-        out = self.fullres(image[None], coeffs, background)
+        out = self.fullres(image[None], coeffs, background, floats=floats[None])
         return out.image[0], out.alpha[0]
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SAMPLE_S = 0.5
 WARMUP_S = 3.0  # model load, first inferences and onnxruntime's graph preparation
 HOG_CODE = "while True: pass"
+CLIP_FRAMES = 120  # the demo clip's length
 
 
 class RecordingNullSink(NullSink):
@@ -67,13 +68,15 @@ class CpuHog:
             self.process.wait()
 
 
-def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[dict[str, Any], list[dict]]:
-    """Run the pipeline for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``."""
+def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[dict[str, Any], list[dict], dict]:
+    """Run the pipeline for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``; returns the
+    final stats, the samples and ``{t, cpu_s}``: wall and process CPU seconds while it ran (model load
+    excluded; the source's decoding of every frame, dropped or not, included)."""
     from .pipeline import Pipeline
 
     pipeline = Pipeline(config, sinks=[sink])
     samples: list[dict] = []
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     try:
         pipeline.start()
         while not pipeline.wait(timeout=SAMPLE_S):
@@ -84,7 +87,8 @@ def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[d
                 pipeline.stop()
     finally:
         pipeline.close()
-    return pipeline.stats(), samples
+    samples.append({"t": round(time.monotonic() - start, 2), "cpu_s": time.process_time() - cpu_start})
+    return pipeline.stats(), samples[:-1], samples[-1]
 
 
 def steady_fps(samples: list[dict], warmup_s: float = WARMUP_S) -> float | None:
@@ -101,6 +105,19 @@ def ratio_timeline(samples: list[dict]) -> list[tuple[float, float | None]]:
     for s in samples:
         if not out or s["ratio"] != out[-1][1]:
             out.append((s["t"], s["ratio"]))
+    return out
+
+
+def decode_frames(path: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a video file as RGB uint8 (the clip as the pipeline's source sees it)."""
+    import av
+
+    out: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            if len(out) >= count:
+                break
+            out.append(frame.to_ndarray(format="rgb24"))
     return out
 
 
@@ -136,20 +153,22 @@ def fidelity(recorded: dict[int, np.ndarray], reference: list[np.ndarray]) -> di
 
 def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float = 20.0, hog: bool = False,
                    fullres: str = "exact", engine: str = "auto", downsample: str | float = "auto",
-                   threads: int | None = None, fidelity_frames: int = 60, queue_size: int = 1) -> dict[str, Any]:
+                   threads: int | None = None, fidelity_frames: int = 90, queue_size: int = 1) -> dict[str, Any]:
     """Run the live benchmark and return its report (see the module docstring)."""
     from .bench import bench_frames, encode_clip, machine_info
     from .config import Config
 
     if seconds <= WARMUP_S:
         raise ValueError(f"seconds must be more than the {WARMUP_S:g} s warm-up, got {seconds!r}")
+    if not 0 <= fidelity_frames <= CLIP_FRAMES:
+        raise ValueError(f"fidelity frames must be 0..{CLIP_FRAMES} (one pass of the clip), got {fidelity_frames!r}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    clip = bench_frames(width, height, 120)  # the whole demo clip, looped by the source
+    clip = bench_frames(width, height, CLIP_FRAMES)  # the whole demo clip, looped by the source
     sink = RecordingNullSink(keep=fidelity_frames)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="rvm-live-livebench-") as tmp:
@@ -159,9 +178,10 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
                         log_level="warning")
         if hog:
             with CpuHog():
-                stats, samples = run_pipeline_sampled(config, sink, seconds)
+                stats, samples, used = run_pipeline_sampled(config, sink, seconds)
         else:
-            stats, samples = run_pipeline_sampled(config, sink, seconds)
+            stats, samples, used = run_pipeline_sampled(config, sink, seconds)
+        played = decode_frames(source, fidelity_frames)  # what the source gave, after encoding
     load_after = os.getloadavg()
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -169,6 +189,9 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
                      "fullres": fullres, "engine": engine, "downsample": downsample, "threads": threads,
                      "queue_size": queue_size},
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+        "cores_used": round(used["cpu_s"] / used["t"], 2),  # CPU time we got per second: what others left us
+        # what one output frame cost the cores (first inferences included): on idle cores fps <= cores*1000/this
+        "cpu_ms_per_frame_out": round(1000 * used["cpu_s"] / max(stats["frames_out"], 1), 1),
         "fps_out": steady_fps(samples),
         "frames_in": stats["frames_in"], "frames_out": stats["frames_out"],
         "frames_dropped": stats["frames_dropped"],
@@ -176,7 +199,7 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
         "ratio_over_time": ratio_timeline(samples),
     }
     if fidelity_frames:
-        reference = reference_alphas(clip[:fidelity_frames], threads=threads)
+        reference = reference_alphas(played, threads=threads)
         report["fidelity"] = fidelity(sink.alphas, reference)
     return report
 
@@ -191,7 +214,8 @@ def format_live_report(report: dict[str, Any]) -> str:
         f"{s['fullres']}, engine {s['engine']}, downsample {s['downsample']}"
         + (", CPU hog on core 0" if s["hog"] else ""),
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
-        f"{report['load_average_1min']['before']} -> {report['load_average_1min']['after']}",
+        f"{report['load_average_1min']['before']} -> {report['load_average_1min']['after']}, this process used "
+        f"{report['cores_used']} cores, {report['cpu_ms_per_frame_out']} CPU ms per frame out",
         f"fps out {report['fps_out']}  (frames in {report['frames_in']}, out {report['frames_out']}, "
         f"dropped {report['frames_dropped']})",
         f"latency p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms",

@@ -31,13 +31,13 @@ def internal_size(height: int, width: int, ratio: float) -> tuple[int, int]:
 
 
 def downsample(frames: np.ndarray, ratio: float) -> np.ndarray:
-    """uint8 ``[B,H,W,3]`` → float32 ``[B,3,h,w]`` in 0..1, bilinear with half-pixel centres (no antialias),
-    as the official export resizes its input; ``ratio`` 1 converts only."""
+    """uint8 ``[B,H,W,3]`` (or the same as float32 0..255) → float32 ``[B,3,h,w]`` in 0..1, bilinear with
+    half-pixel centres (no antialias), as the official export resizes its input; ``ratio`` 1 converts only."""
     _, height, width, _ = frames.shape
     h, w = internal_size(height, width, ratio)
     out = np.empty((frames.shape[0], 3, h, w), np.float32)
     for i, frame in enumerate(frames):
-        small = frame if (h, w) == (height, width) else cv2.resize(frame.astype(np.float32), (w, h),
+        small = frame if (h, w) == (height, width) else cv2.resize(frame.astype(np.float32, copy=False), (w, h),
                                                                      interpolation=cv2.INTER_LINEAR)
         out[i] = small.transpose(2, 0, 1)
     out *= np.float32(1 / 255)

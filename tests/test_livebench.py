@@ -18,6 +18,7 @@ def test_live_bench_reports_fps_latency_ratio_and_fidelity():
     assert report["settings"]["fullres"] == "fast" and report["settings"]["hog"] is False
     assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
     assert report["ratio_over_time"][0][1] == 1.0  # auto ratio at this size
+    assert report["cores_used"] > 0 and report["cpu_ms_per_frame_out"] > 0
     fid = report["fidelity"]
     if fid["frames"]:  # a frame among the first four came out (under heavy load all may be dropped)
         assert fid["mean_abs_alpha"] < 0.05  # same ratio as the fixed-quality run; only dropped frames differ
