@@ -26,6 +26,7 @@ from .errors import (
     PipelineError,
     RvmLiveError,
     SourceError,
+    SourceNotReady,
 )
 from .frame import END, EndOfStream, Frame
 from .matting import Matter, pick_engine, resolve_device
@@ -108,11 +109,19 @@ class Pipeline:
 
     def open_source(self) -> None:
         """Open the source in the caller's thread, so a bad camera or file fails before anything starts."""
-        self.source.open()
-        size = getattr(self.source, "size", None)
-        if size and all(size):  # the ratio's floor depends on the frame size, known only now
-            check_internal_size(self.config.downsample, *size)
-        self.source_up = True
+        cancel_on = getattr(self.source, "cancel_on", None)
+        if cancel_on is not None:  # a source waiting for a peer gives up waiting when we stop
+            cancel_on(self.stop_event)
+        try:
+            self.source.open()
+        except SourceNotReady as exc:  # a network stream not up yet: wait for it, like after a loss
+            log.warning("%s; waiting for it", exc)
+            self.stats_data.outage_started()
+        else:
+            size = getattr(self.source, "size", None)
+            if size and all(size):  # the ratio's floor depends on the frame size, known only now
+                check_internal_size(self.config.downsample, *size)
+            self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
         self._reconnects = bool(getattr(self.source, "reconnect", self.source.live))
@@ -135,7 +144,7 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         """Open the source and start the worker threads."""
-        if not self.source_up:
+        if not self.workers:
             self.open_source()
         self.stats_data.start()
         self._spawn("rvm-capture", self._capture_loop)
@@ -194,11 +203,12 @@ class Pipeline:
 
     def _reconnect_source(self, cause: Exception) -> bool:
         """Reopen a lost live source with backoff; one log line per outage. False when stopping."""
-        log.warning("source lost: %s; retrying with backoff", cause)
+        if self.source_up:  # (not up yet at start: "waiting" was said already)
+            log.warning("source lost: %s; retrying with backoff", cause)
+            self.stats_data.outage_started()
         self.source_up = False
-        self.stats_data.outage_started()
         self.source.close()
-        for delay in backoff_delays():
+        for delay in getattr(self.source, "retry_delays", backoff_delays)():
             if self.stop_event.wait(delay):
                 return False
             try:
@@ -388,7 +398,8 @@ class Pipeline:
     # ----- controller API (used by the control server and SIGHUP) -----------------------------------
     def health(self) -> dict[str, Any]:
         alive = all(t.is_alive() for t in self._threads) if self._threads else False
-        return {"ok": alive and not self.stop_event.is_set(), "source_up": self.source_up,
+        source = "up" if self.source_up else "waiting" if self._reconnects else "down"
+        return {"ok": alive and not self.stop_event.is_set(), "source_up": self.source_up, "source": source,
                 "paused": self.paused.is_set(), "background_error": self._background_error()}
 
     def _background_error(self) -> str | None:

@@ -23,6 +23,7 @@ KEEPALIVE_PERIODS = 3
 KEEPALIVE_MIN_S = 1.0
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
+NO_FRAME_CARD_SIZE = (360, 640)  # (height, width) of the card shown before a live source's first frame
 
 
 def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> Iterator[float]:
@@ -82,7 +83,8 @@ class SinkWorker:
         next_slot = 0.0
         try:
             while True:
-                keepalive = self.sink.live and self.live_source and self.is_open
+                # (before the first frame too: a live source that is not up yet still gets the card)
+                keepalive = self.sink.live and self.live_source and (self.is_open or self.last_frame is None)
                 try:
                     # a live output with nothing new for a few frame periods repeats its last frame (a device
                     # must keep receiving); a merely slow inference does not trigger it
@@ -155,8 +157,11 @@ class SinkWorker:
     def _keep_alive(self) -> None:
         """No new frame for a live output: repeat the last one, then the "no signal" card after a timeout."""
         last = self.last_frame
-        if last is None:
-            return
+        if last is None:  # nothing from the source yet: the card, at a size the outputs can start with
+            if self.source_up():
+                return
+            height, width = NO_FRAME_CARD_SIZE
+            last = Frame(0, time.monotonic_ns(), "no-signal", no_signal_card(height, width))
         silent_s = (time.monotonic_ns() - self.last_real_ns) / 1e9
         if not self.source_up() and silent_s >= self.no_signal_timeout:
             last = last.with_image(no_signal_card(last.height, last.width, channels=last.image.shape[2]))

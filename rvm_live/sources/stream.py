@@ -7,8 +7,12 @@ a read timeout, so a dead stream raises ``SourceError`` instead of hanging the c
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +20,8 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
-from ..errors import SourceError, one_line
+from ..errors import SourceError, SourceNotReady, one_line
+from ..sink_worker import backoff_delays
 from .base import register_source
 
 if TYPE_CHECKING:
@@ -45,6 +50,10 @@ _SCHEME_OPTIONS = {
     "udp": {"fifo_size": "1000000", "overrun_nonfatal": "1", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
     "srt": {"timeout": str(int(READ_TIMEOUT_S * 1e6))},
 }
+
+
+CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
+POLL_S = 0.1
 
 
 def url_scheme(spec: str) -> str | None:
@@ -83,38 +92,114 @@ class StreamSource:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
         self._frames_read = 0
+        self._cancel: threading.Event | None = None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(spec).query) if self.is_network else {}
+        # nothing to connect to: the stream is there when packets arrive on our own port
+        self.connectionless = scheme == "udp" or (scheme == "srt" and query.get("mode") == ["listener"])
+
+    def cancel_on(self, event: threading.Event) -> None:
+        """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
+        self._cancel = event
+
+    def retry_delays(self) -> Iterator[float]:
+        """Pauses between reopening attempts after a loss: none for connectionless streams (each attempt
+        is itself a wait for packets), capped exponential backoff for servers."""
+        if not self.connectionless:
+            yield from backoff_delays()
+        while True:
+            yield CONNECTIONLESS_RETRY_S
 
     def _options(self) -> dict[str, str]:
         if not self.is_network:
             return {}
         scheme = url_scheme(self.target) or ""
-        return {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
+        options = {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
+        if self.connectionless:  # resume fast: the first keyframe's SPS is all the probe needs
+            options["analyzeduration"] = "200000"
+        return options
 
     def open(self) -> None:
-        """Open (or reopen, after a failure) the file or URL and pick its first video stream."""
+        """Open (or reopen, after a failure) the file or URL and pick its first video stream.
+
+        A network source that is not up raises ``SourceNotReady``; an unknown host name ``SourceError``."""
         self.close()
         if not self.is_network and not Path(self.target).is_file():
             raise SourceError(f"{self.target}: no such file")
-        try:
-            container = av.open(self.target, options=self._options(), timeout=self._timeout)
-        except av.ExitError as exc:  # PyAV's open timeout fired
-            raise SourceError(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
+        if self.is_network:
+            self._check_host()
+        container = self._open_container() if self.is_network else self._av_open()
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.target}: no video stream")
         stream = container.streams.video[0]
+        self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
-        self.size = (stream.codec_context.width, stream.codec_context.height)
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
         log.info("opened %s: %dx%d @ %.3f fps%s", self.target, stream.codec_context.width,
                  stream.codec_context.height, self.fps, " (live)" if self.live else "")
+
+    def _check_host(self) -> None:
+        host = urllib.parse.urlsplit(self.target).hostname
+        if not host:
+            return
+        try:
+            ipaddress.ip_address(host)
+            return
+        except ValueError:
+            pass
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_AGAIN:  # the resolver itself is unreachable: may come back
+                raise SourceNotReady(f"{self.target}: cannot resolve {host!r} right now ({exc.strerror})") from exc
+            raise SourceError(f"{self.target}: unknown host {host!r} ({exc.strerror})") from exc
+
+    def _av_open(self) -> av.container.InputContainer:
+        try:
+            return av.open(self.target, options=self._options(), timeout=self._timeout)
+        except av.ExitError as exc:  # PyAV's open timeout fired
+            raise SourceNotReady(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
+        except (av.ProtocolNotFoundError, ValueError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
+        except (av.FFmpegError, OSError) as exc:
+            kind = SourceNotReady if self.is_network else SourceError
+            raise kind(f"{self.target}: cannot open: {one_line(exc)}") from exc
+
+    def _open_container(self) -> av.container.InputContainer:
+        """``av.open`` on a helper thread (PyAV releases the GIL there), so a stop is not held up by a peer
+        that is slow to answer: the helper is left to finish on its own and closes what it opened."""
+        result: dict[str, object] = {}
+        lock, done = threading.Lock(), threading.Event()
+
+        def opener() -> None:
+            try:
+                container: object = self._av_open()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                container = exc
+            with lock:
+                if result.get("abandoned"):
+                    if not isinstance(container, BaseException):
+                        container.close()
+                    return
+                result["outcome"] = container
+                done.set()
+
+        threading.Thread(target=opener, name="rvm-source-open", daemon=True).start()
+        while not done.wait(POLL_S):
+            if self._cancel is not None and self._cancel.is_set():
+                with lock:
+                    if not done.is_set():
+                        result["abandoned"] = True
+                        raise SourceError(f"{self.target}: stopped while waiting for it")
+        outcome = result["outcome"]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _next_frame(self, frames: Iterator[av.VideoFrame]) -> av.VideoFrame | None:
         try:
