@@ -183,18 +183,20 @@ def run(argv: list[str]) -> int:
     except RvmLiveError as exc:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
-    from .control import ControlServer, parse_address
+    from .control import ControlServer, parse_address, read_token_file
     from .pipeline import Pipeline
 
     pipeline = server = None
     restore = lambda: None  # noqa: E731
     try:
+        # (a bad token file fails now, before the model loads)
+        token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
         pipeline = Pipeline(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if config.control:
             host, port = parse_address(config.control)
-            server = ControlServer(pipeline, host, port, token=config.control_token).start()
+            server = ControlServer(pipeline, host, port, token=token).start()
             log.info("control API on http://%s:%d", *server.address)
         pipeline.start()
         _wait(pipeline)

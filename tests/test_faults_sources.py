@@ -12,19 +12,12 @@ import numpy as np
 from daemon import Daemon
 from media import Peer, free_port, send
 from test_pipeline import RecordingSink
+from test_resilience import wait_until
 
 from rvm_live.config import Config
 from rvm_live.matting import Matter
 from rvm_live.pipeline import Pipeline
 from rvm_live.stats import no_signal_card
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
@@ -35,7 +28,7 @@ def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
         assert health["source"] == "waiting" and health["source_up"] is False
         assert daemon.get("/stats")["frames_out"] == 0
         with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 60.0) as sender:
-            wait_for(lambda: daemon.get("/stats")["frames_out"] > 0, 60, "the first frame")
+            wait_until(lambda: daemon.get("/stats")["frames_out"] > 0, 60, "the first frame")
             seen = time.time()
             print(f"first frame out {seen - sender.result(10)['first_frame_at']:.2f} s after the first packet")
             assert daemon.get("/health")["source"] == "up"
@@ -51,10 +44,10 @@ def test_outputs_show_the_card_until_a_late_source_comes_up(mobilenet):
                         matter=Matter("mobilenetv3", model=mobilenet, device="cpu"))
     pipeline.start()
     try:
-        wait_for(lambda: len(sink.frames) >= 2, 30, "the no-signal card")
+        wait_until(lambda: len(sink.frames) >= 2, 30, "the no-signal card")
         assert all(np.array_equal(f.image, no_signal_card(360, 640)) for _, f in sink.frames)
         with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 60.0):
-            wait_for(lambda: pipeline.stats()["frames_out"] >= 5, 60, "frames from the late sender")
+            wait_until(lambda: pipeline.stats()["frames_out"] >= 5, 60, "frames from the late sender")
     finally:
         pipeline.stop()
         pipeline.close()
