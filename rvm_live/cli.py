@@ -133,8 +133,16 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _write_stats(path: str | None, stats: dict[str, Any] | None) -> None:
-    if path and stats is not None:
-        Path(path).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    """Write the stats JSON atomically: a full disk leaves the previous file (or none), never a stub."""
+    if not path or stats is None:
+        return
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _install_signals(pipeline: Any, source: ConfigSource) -> Callable[[], None]:

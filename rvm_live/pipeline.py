@@ -139,7 +139,8 @@ class Pipeline:
         self.workers = [
             SinkWorker(s, self.config.queue_size, leaky=live, fps=self.fps, live_source=live,
                        no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop_event,
-                       source_up=lambda: self.source_up, failed=self.failed.is_set)
+                       source_up=lambda: self.source_up, failed=self.failed.is_set,
+                       publish_on_stop=self._reconnects or self.config.loop)
             for s in self.sinks]
 
     def start(self) -> Pipeline:

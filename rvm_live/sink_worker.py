@@ -39,7 +39,8 @@ class SinkWorker:
 
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
-                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False) -> None:
+                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False,
+                 publish_on_stop: bool | None = None) -> None:
         self.sink = sink
         cancel_on = getattr(sink, "cancel_on", None)
         if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
@@ -50,6 +51,9 @@ class SinkWorker:
         self.keepalive_s = max(KEEPALIVE_PERIODS * self.period, KEEPALIVE_MIN_S)
         self.fps = fps
         self.live_source = live_source
+        # a recording of a camera or stream (or a looped file) ends when stopped; a file job stopped before
+        # its file ended (even played --realtime) is unfinished
+        self.publish_on_stop = live_source if publish_on_stop is None else publish_on_stop
         self.no_signal_timeout = no_signal_timeout
         self.stats = stats
         self.stop = stop
@@ -110,6 +114,8 @@ class SinkWorker:
             abort = getattr(self.sink, "abort", None)
             if self.failed() and abort is not None:
                 abort()  # the run failed: a file keeps its partial output under its temporary name
+            elif self.stop.is_set() and not self.publish_on_stop and abort is not None:
+                abort("stopped before the end of its source")  # a half-made file never replaces a whole one
             else:
                 self.sink.close()
 

@@ -52,6 +52,7 @@ _SCHEME_OPTIONS = {
 }
 
 
+TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared frames gets a warning
 CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
 POLL_S = 0.1
 
@@ -59,6 +60,15 @@ POLL_S = 0.1
 def url_scheme(spec: str) -> str | None:
     """The lower-case scheme of a URL spec, or None for a plain path."""
     return spec.split("://", 1)[0].lower() if "://" in spec else None
+
+
+def _declared_frames(stream: av.video.stream.VideoStream, fps: float) -> int:
+    """The frame count a file declares: its header's count, else its duration times its rate; 0 if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        return int(float(stream.duration * stream.time_base) * fps)
+    return 0
 
 
 class StreamSource:
@@ -92,6 +102,7 @@ class StreamSource:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
         self._frames_read = 0
+        self._declared = 0  # frames the container says it holds (0: it does not say)
         self._cancel: threading.Event | None = None
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(spec).query) if self.is_network else {}
         # nothing to connect to: the stream is there when packets arrive on our own port
@@ -137,6 +148,7 @@ class StreamSource:
         stream.thread_type = "SLICE" if self.live else "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
+        self._declared = _declared_frames(stream, self.fps)
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
@@ -246,7 +258,12 @@ class StreamSource:
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
         if frame is None:
-            log.info("%s: end of stream after %d frames", self.target, self._frames_read)
+            declared = 0 if self.is_network else self._declared
+            if declared and self._frames_read < declared * TRUNCATED_FRACTION:
+                log.warning("%s: ended after %d of its %d declared frames (truncated or damaged)", self.target,
+                            self._frames_read, declared)
+            else:
+                log.info("%s: end of stream after %d frames", self.target, self._frames_read)
             return None
         if self._realtime:
             self._pace(frame)
