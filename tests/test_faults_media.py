@@ -100,3 +100,24 @@ def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, 
     assert "stopped before the end of its source" in err and "out.mp4.part" in err
     assert json.loads(stats.read_text())["frames_out"] >= len(frames)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_display_matrix_is_honoured(tmp_path):
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)  # shown turned a quarter counter-clockwise, as phones record
+        for _ in range(3):
+            image = np.zeros((32, 64, 3), np.uint8)
+            image[:, :8] = (255, 0, 0)  # a red band down the stored picture's left edge
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        c.mux(stream.encode(None))
+    source = StreamSource(str(path))
+    source.open()
+    try:
+        frame = source.read()
+    finally:
+        source.close()
+    assert frame.shape == (64, 32, 3)  # portrait
+    assert frame[-4:, :, 0].mean() > 200 and frame[:48, :, 0].mean() < 30  # the left edge is now the bottom

@@ -268,7 +268,10 @@ class StreamSource:
         if self._realtime:
             self._pace(frame)
         self._frames_read += 1
-        return frame.to_ndarray(format="rgb24")
+        image = frame.to_ndarray(format="rgb24")
+        # phones store portrait video as landscape plus a display matrix: turn it as players do
+        quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
+        return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
     def close(self) -> None:
         """Release the container; safe to call more than once."""
