@@ -142,8 +142,16 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 
 def _write_stats(path: str | None, stats: dict[str, Any] | None) -> None:
-    if path and stats is not None:
-        Path(path).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    """Write the stats JSON atomically: a full disk leaves the previous file (or none), never a stub."""
+    if not path or stats is None:
+        return
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _install_signals(pipeline: Any, source: ConfigSource) -> Callable[[], None]:
@@ -192,19 +200,21 @@ def run(argv: list[str]) -> int:
     except RvmLiveError as exc:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
-    from .control import ControlServer, parse_address
+    from .control import ControlServer, parse_address, read_token_file
     from .daemon import Daemon as Pipeline
     from .progress import start_progress
 
     pipeline = server = progress = None
     restore = lambda: None  # noqa: E731
     try:
+        # (a bad token file fails now, before the model loads)
+        token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
         pipeline = Pipeline(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if config.control:
             host, port = parse_address(config.control)
-            server = ControlServer(pipeline, host, port, token=config.control_token).start()
+            server = ControlServer(pipeline, host, port, token=token).start()
             log.info("control API on http://%s:%d", *server.address)
         pipeline.start()
         progress = start_progress(pipeline, quiet=config_source.quiet)

@@ -10,13 +10,16 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,12 +28,17 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import web
 from .compositing import check_background
-from .errors import ConfigError
+from .errors import ConfigError, MediaError
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "RVM_LIVE_CONTROL_TOKEN"
 MAX_BODY = 64 * 1024
+MAX_JSON_DEPTH = 16  # a background request is one flat object; deeper is abuse, refused before it costs anything
+BODY_TIMEOUT_S = 2.0  # the whole body must arrive within this (a slow client cannot hold a worker)
+WORKERS = 16  # requests served at once; more wait in a queue of QUEUED, beyond that they get a 503
+QUEUED = 64
+BACKLOG = 64
 _DRAIN_LIMIT = 1 << 20  # an oversized body up to this size is read and dropped, so the client sees the 413
 _METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -113,6 +121,18 @@ def is_loopback(host: str) -> bool:
         return False  # any other hostname may resolve anywhere
 
 
+def read_token_file(path: str) -> str:
+    """The bearer token from the first line of ``path`` (kept out of the process list); ConfigError if unusable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"control_token_file {path!r}: cannot read it ({exc.__class__.__name__})") from None
+    if not token:
+        raise ConfigError(f"control_token_file {path!r}: the first line is empty")
+    return token
+
+
 def parse_address(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``host:port``, ``[v6]:port``, ``:port`` or ``port`` as ``(host, port)``; ConfigError when malformed."""
     host, sep, port = spec.strip().rpartition(":")
@@ -125,14 +145,63 @@ def parse_address(spec: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     return host or default_host, int(port)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HTTPServer(HTTPServer):
+    """Accepts on one thread and serves from a fixed pool: a flood of connections costs a bounded number
+    of threads; when the pool and its queue are full, a connection gets a 503 at once."""
+
+    request_queue_size = BACKLOG
 
     def __init__(self, address: tuple[str, int], app: ControlServer):
         self.app = app
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+        self._pending: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(QUEUED)
+        self._workers = [threading.Thread(target=self._work, name=f"rvm-control-{i}", daemon=True)
+                         for i in range(WORKERS)]
+        for worker in self._workers:
+            worker.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self._pending.put_nowait((request, client_address))
+        except queue.Full:
+            try:
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while (item := self._pending.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - handle_error decides how loud
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that reset or time out are routine: debug level. Anything else: one line (stack at debug)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("control API %s: %s", client_address[0], exc)
+        else:
+            log.warning("control API %s: %s: %s", client_address[0], type(exc).__name__, exc)
+            log.debug("control API request failed", exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            try:
+                self._pending.put_nowait(None)
+            except queue.Full:
+                break  # daemon threads: they end with the process
+
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 27\r\n"
+         b"Connection: close\r\nRetry-After: 1\r\n\r\n{\"error\": \"server is busy\"}")
 
 
 class ControlServer:
@@ -200,6 +269,28 @@ class HTTPError(Exception):
 
 
 
+def _nesting(raw: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in a JSON text (brackets inside strings ignored), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def _error_status(exc: Exception) -> int:
     """400 for a bad value, 422 for a file or device that cannot be used."""
     return HTTPStatus.UNPROCESSABLE_ENTITY if isinstance(exc, OSError) else HTTPStatus.BAD_REQUEST
@@ -207,7 +298,7 @@ def _error_status(exc: Exception) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
-    timeout = 10  # a stalled client cannot hold a thread forever
+    timeout = BODY_TIMEOUT_S  # per read: a stalled client cannot hold a worker
     server_version = "rvm-live-control"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -286,7 +377,12 @@ class _Handler(BaseHTTPRequestHandler):
         if token is None:
             return
         scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        try:
+            # http.server decodes headers as Latin-1; the bytes on the wire are what clients send (UTF-8)
+            given_bytes = given.strip().encode("latin-1")
+        except UnicodeEncodeError:
+            given_bytes = b""
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode("utf-8")):
             self._discard_body()
             raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
@@ -303,8 +399,14 @@ class _Handler(BaseHTTPRequestHandler):
         spec = body.get("bg") if isinstance(body, dict) else None
         if not isinstance(spec, str):
             raise HTTPError(400, 'expected a JSON object {"bg": "<background spec>"}')
-        check_background(spec)  # a missing or unreadable file is refused here, before the pipeline sees it
-        self.server.app.controller.set_background(spec, *([stream] if stream is not None else []))
+        try:
+            check_background(spec)  # a missing or unreadable file is refused here, before the pipeline sees it
+            self.server.app.controller.set_background(spec, *([stream] if stream is not None else []))
+        except MediaError as exc:
+            # the same answer for every unusable path, so the API does not tell which files exist
+            log.info("control API: background %s refused: %s", spec, exc)
+            raise HTTPError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                            f"background {spec!r}: not a usable image or video file") from None
         log.info("control API: background set to %s", spec)
         return 200, {"ok": True, "bg": spec}
 
@@ -328,7 +430,26 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             self._discard_body()
             raise HTTPError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
-        return self.rfile.read(length) if length else b""
+        return self._read_exactly(length)
+
+    def _read_exactly(self, length: int) -> bytes:
+        """``length`` bytes of body, all within ``BODY_TIMEOUT_S`` (a trickling client is cut off)."""
+        chunks, deadline = [], time.monotonic() + BODY_TIMEOUT_S
+        while length > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HTTPError(HTTPStatus.REQUEST_TIMEOUT, f"request body not received within {BODY_TIMEOUT_S:g} s")
+            self.connection.settimeout(remaining)
+            try:
+                chunk = self.rfile.read1(min(length, 65536))
+            except TimeoutError:
+                raise HTTPError(HTTPStatus.REQUEST_TIMEOUT,
+                                f"request body not received within {BODY_TIMEOUT_S:g} s") from None
+            if not chunk:
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "request body shorter than its Content-Length")
+            chunks.append(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
 
     def _discard_body(self) -> None:
         try:
@@ -337,17 +458,18 @@ class _Handler(BaseHTTPRequestHandler):
             length = 0
         if length > _DRAIN_LIMIT:
             return  # not worth reading; the connection closes after the answer anyway
-        while length > 0:
-            chunk = self.rfile.read(min(length, 65536))
-            if not chunk:
-                break
-            length -= len(chunk)
+        try:
+            self._read_exactly(length)
+        except HTTPError:
+            pass  # short or slow: the answer goes out anyway
 
     def _read_json(self) -> Any:
         raw = self._read_body()
+        if _nesting(raw) > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:

@@ -64,7 +64,7 @@ class Daemon:
         starts."""
         chunk_auto = 4 if self.engine.device.type == "cuda" else 1
         for session in self.sessions:
-            if not session.source_up:
+            if not session.workers:
                 session.open_source(chunk_auto=chunk_auto, chunking=self.engine.engine == "torch"
                                     and len(self.sessions) == 1)
 
@@ -98,7 +98,7 @@ class Daemon:
         thread.start()
 
     def _log_quality(self, event: QualityChanged) -> None:
-        where = f"stream {event.stream_id}: " if len(self.sessions) > 1 else ""
+        where = self.session(event.stream_id).log_prefix if event.stream_id is not None else ""
         log.info("%squality: downsample %.3g -> %.3g (%s)", where, event.previous, event.ratio, event.reason)
 
     def stop(self) -> None:

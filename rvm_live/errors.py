@@ -23,6 +23,10 @@ class SourceError(MediaError):
     """A capture source could not be opened or stopped delivering frames."""
 
 
+class SourceNotReady(SourceError):
+    """A live network source that is not up (yet): worth waiting for, unlike a typo or a missing file."""
+
+
 class SinkError(MediaError):
     """An output could not be opened or refused a frame."""
 

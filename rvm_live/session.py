@@ -17,7 +17,7 @@ import numpy as np
 from .bus import Bus
 from .compositing import Background, check_background, parse_background
 from .config import Config, check_internal_size
-from .errors import ConfigError, MediaError
+from .errors import ConfigError, MediaError, SourceNotReady
 from .frame import Frame
 from .queues import FrameQueue
 from .sink_worker import SinkWorker
@@ -88,11 +88,19 @@ class Session:
     def open_source(self, *, chunk_auto: int = 1, chunking: bool = False) -> None:
         """Open the source in the caller's thread (a bad camera or file fails before anything starts) and
         build the queues and sink workers its kind calls for."""
-        self.source.open()
-        size = getattr(self.source, "size", None)
-        if size and all(size):  # the ratio's floor depends on the frame size, known only now
-            check_internal_size(self.config.downsample, *size)
-        self.source_up = True
+        cancel_on = getattr(self.source, "cancel_on", None)
+        if cancel_on is not None:  # a source waiting for a peer gives up waiting when we stop
+            cancel_on(self.stop)
+        try:
+            self.source.open()
+        except SourceNotReady as exc:  # a network stream not up yet: wait for it, like after a loss
+            log.warning("%s%s; waiting for it", self.log_prefix, exc)
+            self.stats_data.outage_started()
+        else:
+            size = getattr(self.source, "size", None)
+            if size and all(size):  # the ratio's floor depends on the frame size, known only now
+                check_internal_size(self.config.downsample, *size)
+            self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
         self.reconnects = bool(getattr(self.source, "reconnect", self.source.live))
@@ -107,7 +115,8 @@ class Session:
         self.workers = [
             SinkWorker(s, self.config.queue_size, leaky=live, fps=self.fps, live_source=live,
                        no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop,
-                       source_up=lambda: self.source_up, failed=self.failed.is_set)
+                       source_up=lambda: self.source_up, failed=self.failed.is_set,
+                       publish_on_stop=self.reconnects or self.config.loop)
             for s in self.sinks]
 
     def _load_background(self, spec: str) -> Background:
@@ -161,8 +170,14 @@ class Session:
         self.close_backgrounds()
 
     # ----- controller (control API and SIGHUP) -------------------------------------------------------
+    @property
+    def log_prefix(self) -> str:
+        """``"stream cam1: "`` when the daemon runs several streams; nothing for the usual single stream."""
+        return f"stream {self.id}: " if self.id != "0" else ""
+
     def health(self) -> dict[str, Any]:
-        return {"source_up": self.source_up, "paused": self.paused.is_set(), "ended": self.ended,
+        source = "up" if self.source_up else "waiting" if self.reconnects else "down"
+        return {"source_up": self.source_up, "source": source, "paused": self.paused.is_set(), "ended": self.ended,
                 "background_error": self.background_error()}
 
     def background_error(self) -> str | None:

@@ -4,6 +4,7 @@ repeat the last frame and then show a "no signal" card so the device stays open 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ KEEPALIVE_PERIODS = 3
 KEEPALIVE_MIN_S = 1.0
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 5.0
+NO_FRAME_CARD_SIZE = (360, 640)  # (height, width) of the card shown before a live source's first frame
 
 
 def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> Iterator[float]:
@@ -38,7 +40,8 @@ class SinkWorker:
 
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
-                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False) -> None:
+                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False,
+                 publish_on_stop: bool | None = None) -> None:
         self.sink = sink
         cancel_on = getattr(sink, "cancel_on", None)
         if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
@@ -49,6 +52,9 @@ class SinkWorker:
         self.keepalive_s = max(KEEPALIVE_PERIODS * self.period, KEEPALIVE_MIN_S)
         self.fps = fps
         self.live_source = live_source
+        # a recording of a camera or stream (or a looped file) ends when stopped; a file job stopped before
+        # its file ended (even played --realtime) is unfinished
+        self.publish_on_stop = live_source if publish_on_stop is None else publish_on_stop
         self.no_signal_timeout = no_signal_timeout
         self.stats = stats
         self.stop = stop
@@ -82,7 +88,8 @@ class SinkWorker:
         next_slot = 0.0
         try:
             while True:
-                keepalive = self.sink.live and self.live_source and self.is_open
+                # (before the first frame too: a live source that is not up yet still gets the card)
+                keepalive = self.sink.live and self.live_source and (self.is_open or self.last_frame is None)
                 try:
                     # a live output with nothing new for a few frame periods repeats its last frame (a device
                     # must keep receiving); a merely slow inference does not trigger it
@@ -108,6 +115,8 @@ class SinkWorker:
             abort = getattr(self.sink, "abort", None)
             if self.failed() and abort is not None:
                 abort()  # the run failed: a file keeps its partial output under its temporary name
+            elif self.stop.is_set() and not self.publish_on_stop and abort is not None:
+                abort("stopped before the end of its source")  # a half-made file never replaces a whole one
             else:
                 self.sink.close()
 
@@ -155,9 +164,12 @@ class SinkWorker:
     def _keep_alive(self) -> None:
         """No new frame for a live output: repeat the last one, then the "no signal" card after a timeout."""
         last = self.last_frame
-        if last is None:
-            return
+        if last is None:  # nothing from the source yet: the card, at a size the outputs can start with
+            if self.source_up():
+                return
+            height, width = NO_FRAME_CARD_SIZE
+            last = Frame(0, time.monotonic_ns(), "no-signal", no_signal_card(height, width))
         silent_s = (time.monotonic_ns() - self.last_real_ns) / 1e9
         if not self.source_up() and silent_s >= self.no_signal_timeout:
             last = last.with_image(no_signal_card(last.height, last.width, channels=last.image.shape[2]))
-        self._deliver(Frame(last.index, time.monotonic_ns(), last.source_id, last.image, last.alpha), real=False)
+        self._deliver(dataclasses.replace(last, capture_ns=time.monotonic_ns()), real=False)

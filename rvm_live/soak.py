@@ -67,21 +67,41 @@ def soak(seconds: float, *, config: Config | None = None, interval: float = 2.0)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rvm_live.soak", description=__doc__)
-    p.add_argument("--minutes", type=float, default=5.0)
+    p.add_argument("--minutes", type=float, default=None, help="how long (default 5, or 10 with --chaos)")
+    p.add_argument("--seconds", type=float, default=None, help="how long, in seconds")
+    p.add_argument("--chaos", action="store_true",
+                   help="run the daemon under a cycle of faults (see rvm_live.chaos) instead of a plain soak")
     p.add_argument("--source", default="demo")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="PATH", help="write the full report here")
     args = p.parse_args(argv)
-    config = Config(source=args.source, loop=True, outputs=("null",), device=args.device)
-    report = soak(args.minutes * 60, config=config)
-    for s in report["samples"]:
-        gpu = f"  gpu {s['gpu_mib']:.0f} MiB" if s["gpu_mib"] is not None else ""
-        print(f"{s['t_s']:7.1f} s  rss {s['rss_mib']:8.1f} MiB{gpu}  frames {s['frames_out']}")
-    print(f"RSS growth after warm-up ({report['warmup_s']:.0f} s): {report['rss_growth_pct_after_warmup']} %")
+    seconds = args.seconds if args.seconds is not None else 60 * (args.minutes or (10.0 if args.chaos else 5.0))
+    if args.chaos:
+        from .chaos import chaos
+
+        report = chaos(seconds, progress=print)
+        _print_chaos(report)
+        code = 0 if report["all_survived"] and report["exit_code"] == 0 else 1
+    else:
+        config = Config(source=args.source, loop=True, outputs=("null",), device=args.device)
+        report = soak(seconds, config=config)
+        for s in report["samples"]:
+            gpu = f"  gpu {s['gpu_mib']:.0f} MiB" if s["gpu_mib"] is not None else ""
+            print(f"{s['t_s']:7.1f} s  rss {s['rss_mib']:8.1f} MiB{gpu}  frames {s['frames_out']}")
+        print(f"RSS growth after warm-up ({report['warmup_s']:.0f} s): {report['rss_growth_pct_after_warmup']} %")
+        code = 0
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    return 0
+    return code
+
+
+def _print_chaos(report: dict[str, Any]) -> None:
+    for name, count in report["faults"].items():
+        print(f"{name:16s} injected {count['injected']:4d}  survived {count['survived']:4d}")
+    print(f"frames in {report['frames_in']}, out {report['frames_out']}; RSS max {report['rss_mib_max']} MiB, "
+          f"growth after warm-up {report['rss_growth_pct_after_warmup']} %; SIGTERM to exit "
+          f"{report['sigterm_to_exit_s']} s, exit code {report['exit_code']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,7 @@ def send(
     image[:] = rgb
     sink = StreamSink(url, Config())
     sink.open(width, height, 30.0)
+    out.put({"first_frame_at": time.time()})  # wall clock: a test may time what follows the first packet
     deadline = time.monotonic() + seconds
     index = 0
     try:

@@ -58,7 +58,8 @@ def test_network_outputs_are_isolated_and_files_are_not(tmp_path):
 def test_a_silent_server_costs_one_deadline_and_a_fresh_writer(scheme):
     with SilentServer() as server:
         sink = IsolatedSink(f"{scheme}://127.0.0.1:{server.port}/live", Config())
-        with pytest.raises(SinkError, match="no progress for 6 s while connecting"):
+        # our deadline, or FFmpeg's own 5 s RTSP timeout when the writer started quickly enough
+        with pytest.raises(SinkError, match="no progress for 6 s while connecting|cannot start"):
             sink.open(64, 64, 30.0)
         assert sink._process is None  # the stuck writer was killed, not left behind
         with pytest.raises(SinkError):

@@ -113,7 +113,7 @@ class IsolatedSink:
             raise SinkError(f"output {self.name}: write() before open()")
         if self._busy:
             self._reply(WRITE_DEADLINE_S, "writing")
-        self._send(("frame", frame.index, frame.capture_ns, frame.source_id, frame.image))
+        self._send(("frame", frame.index, frame.capture_ns, frame.stream_id, frame.image))
         self._busy = True
         self.frames_written += 1
 

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 URL_FORMATS = {"rtsp": "rtsp", "rtmp": "flv", "srt": "mpegts", "udp": "mpegts"}
 FILE_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm")
 CONNECT_TIMEOUT_S = 5.0
+# MP4/MOV written as fragments of at most a second: a file cut off by a crash or a
+# kill still plays up to its last fragment (a plain MP4 is unplayable without the moov written at the end).
+# The moov waits for the first fragment (at most a second), so its edit list knows the B-frame delay and
+# the first frame stays at time 0.
+_FRAGMENTED = {"movflags": "+frag_keyframe+delay_moov+default_base_moof",
+               "frag_duration": "1000000", "flush_packets": "1"}
+CRASH_SAFE_OPTIONS = {"mp4": _FRAGMENTED, "mov": _FRAGMENTED}
 
 
 @dataclass(frozen=True)
@@ -161,11 +168,12 @@ class StreamSink:
         self._last_pts = -1
         self._resize_warned = False
         self._publish = True
+        self._abort_reason = "the run failed"
 
     def _plan(self, width: int, height: int, fps: float) -> tuple[str, EncoderPlan, dict[str, str]]:
         if not self.live:
             fmt, plan = file_plan(self.suffix, self.config.replace(fps=fps))
-            return fmt, plan, {}
+            return fmt, plan, dict(CRASH_SAFE_OPTIONS.get(fmt, {}))
         bitrate = self.config.bitrate or default_bitrate(width, height, fps)
         plan = h264_plan(pick_h264_encoder(self.config.encoder), live=True, fps=fps, crf=self.config.crf,
                          bitrate=bitrate)
@@ -278,10 +286,11 @@ class StreamSink:
             raise SinkError(f"output {self.target}: write failed: {one_line(exc)}{kept}") from exc
         self.frames_written += 1
 
-    def abort(self) -> None:
-        """Close after a failed run: the container is finalised (playable) but a file keeps its ``.part``
-        name, so it does not replace an earlier complete file."""
+    def abort(self, reason: str = "the run failed") -> None:
+        """Close after a failed or interrupted run: the container is finalised (playable) but a file keeps
+        its ``.part`` name, so it does not replace an earlier complete file."""
         self._publish = False
+        self._abort_reason = reason
         self.close()
 
     def close(self) -> None:
@@ -307,7 +316,7 @@ class StreamSink:
             return
         if not self.live:
             if not self._publish:
-                log.warning("output %s: the run failed; its %d frames are in %s", self.target,
+                log.warning("output %s: %s; its %d frames are in %s", self.target, self._abort_reason,
                             self.frames_written, self._writing_path())
                 return
             try:

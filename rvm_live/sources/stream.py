@@ -7,8 +7,12 @@ a read timeout, so a dead stream raises ``SourceError`` instead of hanging the c
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +20,8 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
-from ..errors import SourceError, one_line
+from ..errors import SourceError, SourceNotReady, one_line
+from ..sink_worker import backoff_delays
 from .base import register_source
 
 if TYPE_CHECKING:
@@ -47,9 +52,23 @@ _SCHEME_OPTIONS = {
 }
 
 
+TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared frames gets a warning
+CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
+POLL_S = 0.1
+
+
 def url_scheme(spec: str) -> str | None:
     """The lower-case scheme of a URL spec, or None for a plain path."""
     return spec.split("://", 1)[0].lower() if "://" in spec else None
+
+
+def _declared_frames(stream: av.video.stream.VideoStream, fps: float) -> int:
+    """The frame count a file declares: its header's count, else its duration times its rate; 0 if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        return int(float(stream.duration * stream.time_base) * fps)
+    return 0
 
 
 class StreamSource:
@@ -83,38 +102,116 @@ class StreamSource:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
         self._frames_read = 0
+        self._declared = 0  # frames the container says it holds (0: it does not say)
+        self._cancel: threading.Event | None = None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(spec).query) if self.is_network else {}
+        # nothing to connect to: the stream is there when packets arrive on our own port
+        self.connectionless = scheme == "udp" or (scheme == "srt" and query.get("mode") == ["listener"])
+
+    def cancel_on(self, event: threading.Event) -> None:
+        """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
+        self._cancel = event
+
+    def retry_delays(self) -> Iterator[float]:
+        """Pauses between reopening attempts after a loss: none for connectionless streams (each attempt
+        is itself a wait for packets), capped exponential backoff for servers."""
+        if not self.connectionless:
+            yield from backoff_delays()
+        while True:
+            yield CONNECTIONLESS_RETRY_S
 
     def _options(self) -> dict[str, str]:
         if not self.is_network:
             return {}
         scheme = url_scheme(self.target) or ""
-        return {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
+        options = {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
+        if self.connectionless:  # resume fast: the first keyframe's SPS is all the probe needs
+            options["analyzeduration"] = "200000"
+        return options
 
     def open(self) -> None:
-        """Open (or reopen, after a failure) the file or URL and pick its first video stream."""
+        """Open (or reopen, after a failure) the file or URL and pick its first video stream.
+
+        A network source that is not up raises ``SourceNotReady``; an unknown host name ``SourceError``."""
         self.close()
         if not self.is_network and not Path(self.target).is_file():
             raise SourceError(f"{self.target}: no such file")
-        try:
-            container = av.open(self.target, options=self._options(), timeout=self._timeout)
-        except av.ExitError as exc:  # PyAV's open timeout fired
-            raise SourceError(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
+        if self.is_network:
+            self._check_host()
+        container = self._open_container() if self.is_network else self._av_open()
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.target}: no video stream")
         stream = container.streams.video[0]
+        self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
-        self.size = (stream.codec_context.width, stream.codec_context.height)
+        self._declared = _declared_frames(stream, self.fps)
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
         log.info("opened %s: %dx%d @ %.3f fps%s", self.target, stream.codec_context.width,
                  stream.codec_context.height, self.fps, " (live)" if self.live else "")
+
+    def _check_host(self) -> None:
+        host = urllib.parse.urlsplit(self.target).hostname
+        if not host:
+            return
+        try:
+            ipaddress.ip_address(host)
+            return
+        except ValueError:
+            pass
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as exc:
+            if exc.errno == socket.EAI_AGAIN:  # the resolver itself is unreachable: may come back
+                raise SourceNotReady(f"{self.target}: cannot resolve {host!r} right now ({exc.strerror})") from exc
+            raise SourceError(f"{self.target}: unknown host {host!r} ({exc.strerror})") from exc
+
+    def _av_open(self) -> av.container.InputContainer:
+        try:
+            return av.open(self.target, options=self._options(), timeout=self._timeout)
+        except av.ExitError as exc:  # PyAV's open timeout fired
+            raise SourceNotReady(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
+        except (av.ProtocolNotFoundError, ValueError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
+        except (av.FFmpegError, OSError) as exc:
+            kind = SourceNotReady if self.is_network else SourceError
+            raise kind(f"{self.target}: cannot open: {one_line(exc)}") from exc
+
+    def _open_container(self) -> av.container.InputContainer:
+        """``av.open`` on a helper thread (PyAV releases the GIL there), so a stop is not held up by a peer
+        that is slow to answer: the helper is left to finish on its own and closes what it opened."""
+        result: dict[str, object] = {}
+        lock, done = threading.Lock(), threading.Event()
+
+        def opener() -> None:
+            try:
+                container: object = self._av_open()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                container = exc
+            with lock:
+                if result.get("abandoned"):
+                    if not isinstance(container, BaseException):
+                        container.close()
+                    return
+                result["outcome"] = container
+                done.set()
+
+        threading.Thread(target=opener, name="rvm-source-open", daemon=True).start()
+        while not done.wait(POLL_S):
+            if self._cancel is not None and self._cancel.is_set():
+                with lock:
+                    if not done.is_set():
+                        result["abandoned"] = True
+                        raise SourceError(f"{self.target}: stopped while waiting for it")
+        outcome = result["outcome"]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _next_frame(self, frames: Iterator[av.VideoFrame]) -> av.VideoFrame | None:
         try:
@@ -161,12 +258,20 @@ class StreamSource:
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
         if frame is None:
-            log.info("%s: end of stream after %d frames", self.target, self._frames_read)
+            declared = 0 if self.is_network else self._declared
+            if declared and self._frames_read < declared * TRUNCATED_FRACTION:
+                log.warning("%s: ended after %d of its %d declared frames (truncated or damaged)", self.target,
+                            self._frames_read, declared)
+            else:
+                log.info("%s: end of stream after %d frames", self.target, self._frames_read)
             return None
         if self._realtime:
             self._pace(frame)
         self._frames_read += 1
-        return frame.to_ndarray(format="rgb24")
+        image = frame.to_ndarray(format="rgb24")
+        # phones store portrait video as landscape plus a display matrix: turn it as players do
+        quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
+        return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
     def close(self) -> None:
         """Release the container; safe to call more than once."""

@@ -69,12 +69,13 @@ class CaptureStage:
     def _reconnect(self, cause: Exception) -> bool:
         """Reopen a lost live source with backoff; one log line per outage. False when stopping."""
         session = self.session
-        log.warning("%ssource lost: %s; retrying with backoff", _prefix(session), cause)
+        if session.source_up:  # (not up yet at start: "waiting" was said already)
+            log.warning("%ssource lost: %s; retrying with backoff", session.log_prefix, cause)
+            session.stats_data.outage_started()
+            self.bus.post(SourceLost(session.id, str(cause)))
         session.source_up = False
-        session.stats_data.outage_started()
-        self.bus.post(SourceLost(session.id, str(cause)))
         session.source.close()
-        for delay in backoff_delays():
+        for delay in getattr(session.source, "retry_delays", backoff_delays)():
             if self.stop.wait(delay):
                 return False
             try:
@@ -84,12 +85,8 @@ class CaptureStage:
                 continue
             session.source_up = True
             seconds = session.stats_data.outage_ended()
-            log.warning("%ssource back after %.1f s", _prefix(session), seconds)
+            log.warning("%ssource back after %.1f s", session.log_prefix, seconds)
             self.bus.post(SourceBack(session.id, seconds))
             return True
         return False  # pragma: no cover - the generator never ends
 
-
-def _prefix(session: Session) -> str:
-    """``"stream cam1: "`` when the daemon runs several streams; nothing for the usual single stream."""
-    return f"stream {session.id}: " if session.id != "0" else ""

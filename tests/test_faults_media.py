@@ -1,0 +1,123 @@
+"""Media faults: truncated inputs, crash-safe .part files, interrupted jobs, atomic stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+from media import decode_file
+
+from rvm_live.sources.stream import StreamSource
+
+
+def write_faststart(path, n=60, size=64):
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        stream = c.add_stream("libx264", rate=30)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            image = np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8)
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        c.mux(stream.encode(None))
+
+
+def read_all(source) -> int:
+    source.open()
+    n = 0
+    try:
+        while source.read() is not None:
+            n += 1
+    finally:
+        source.close()
+    return n
+
+
+def test_a_truncated_file_warns_with_its_declared_length(tmp_path, caplog):
+    path = tmp_path / "cut.mp4"
+    write_faststart(path)
+    whole = read_all(StreamSource(str(path)))
+    assert whole == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    caplog.clear()
+    n = read_all(StreamSource(str(path)))
+    assert 0 < n < 60
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
+
+
+def rvm(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rvm_live", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
+
+
+def wait_for_output(proc) -> None:
+    for line in proc.stderr:
+        if "output " in line and "libx264" in line:
+            return
+
+
+def test_a_killed_job_leaves_a_playable_part(tmp_path, carphone_path, official_onnx_path):
+    out = tmp_path / "out.mp4"
+    part = tmp_path / "out.mp4.part"
+    proc = rvm("--source", str(carphone_path), "--loop", "-o", str(out))
+    try:
+        wait_for_output(proc)
+        deadline = time.monotonic() + 120
+        while part.stat().st_size < 20_000 and time.monotonic() < deadline:  # a fragment or more is out
+            time.sleep(0.2)
+        proc.kill()  # no chance to finalise anything
+        proc.wait(30)
+    finally:
+        proc.kill()
+    assert part.exists() and not out.exists()
+    assert len(decode_file(part)) > 0
+
+
+def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, carphone_path,
+                                                                        official_onnx_path):
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    out.write_bytes(b"an earlier, complete result")
+    proc = rvm("--source", str(carphone_path), "--realtime", "-o", str(out), "--stats-json", str(stats))
+    try:
+        wait_for_output(proc)
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert out.read_bytes() == b"an earlier, complete result"
+    frames = decode_file(tmp_path / "out.mp4.part")
+    assert 0 < len(frames) < 120
+    assert "stopped before the end of its source" in err and "out.mp4.part" in err
+    assert json.loads(stats.read_text())["frames_out"] >= len(frames)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_display_matrix_is_honoured(tmp_path):
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)  # shown turned a quarter counter-clockwise, as phones record
+        for _ in range(3):
+            image = np.zeros((32, 64, 3), np.uint8)
+            image[:, :8] = (255, 0, 0)  # a red band down the stored picture's left edge
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        c.mux(stream.encode(None))
+    source = StreamSource(str(path))
+    source.open()
+    try:
+        frame = source.read()
+    finally:
+        source.close()
+    assert frame.shape == (64, 32, 3)  # portrait
+    assert frame[-4:, :, 0].mean() > 200 and frame[:48, :, 0].mean() < 30  # the left edge is now the bottom
