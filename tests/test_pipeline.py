@@ -96,27 +96,32 @@ def test_side_by_side_and_mirror(carphone_path, carphone_frames, matter_factory)
     np.testing.assert_array_equal(image[:, :176], carphone_frames[0][:, ::-1])
 
 
-class SlowMatter(Matter):
-    """The real model plus a fixed delay, standing in for a machine slower than the source."""
-
-    delay = 0.15
-
-    def infer(self, src):
-        time.sleep(self.delay)
-        return super().infer(src)
+SLOW_S = 0.15
 
 
-def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, mobilenet):
+def slowed(matter: Matter, monkeypatch) -> Matter:
+    """The real engine plus a fixed delay per step, standing in for a machine slower than the source."""
+    real = matter.core.step
+
+    def step(images, states):
+        time.sleep(SLOW_S)
+        return real(images, states)
+
+    monkeypatch.setattr(matter.core, "step", step)
+    return matter
+
+
+def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, mobilenet, monkeypatch):
     record = RecordingSink()
-    config = Config(source=str(carphone_path), realtime=True, queue_size=1, max_frames=60)
-    matter = SlowMatter("mobilenetv3", model=mobilenet, device="cpu")
+    config = Config(source=str(carphone_path), realtime=True, queue_size=1, max_frames=60, quality="fixed")
+    matter = slowed(Matter("mobilenetv3", model=mobilenet, device="cpu"), monkeypatch)
     stats = Pipeline(config, matter=matter, sinks=[record]).run()
     assert stats["frames_in"] == 60
     assert stats["frames_dropped"] > 0 and stats["frames_out"] < 60
     assert stats["frames_out"] + stats["frames_dropped"] >= 59
     # with a blocking or deep queue the last frames would wait for every earlier one (about 60 x 0.15 s
     # minus the 2 s of playback); leaking keeps each frame's wait to a few inference times
-    backlog_ms = 60 * SlowMatter.delay * 1000 - 2000
+    backlog_ms = 60 * SLOW_S * 1000 - 2000
     assert stats["latency_ms"]["max"] < backlog_ms / 3
 
 
@@ -183,10 +188,10 @@ def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, matter_
     record = RecordingSink()
     matter = matter_factory()
 
-    def broken_step(image):  # the real engine call, failing as a driver would
+    def broken_step(images, states):  # the real engine call, failing as a driver would
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(matter, "step", broken_step)
+    monkeypatch.setattr(matter.core, "step", broken_step)
     pipeline = Pipeline(Config(source=str(carphone_path)), sinks=[record], matter=matter)
     caplog.set_level("DEBUG", logger="rvm_live")  # the traceback is kept at debug level
     with pytest.raises(PipelineError, match="rvm-inference: RuntimeError: CUDA error") as err:
@@ -328,26 +333,28 @@ def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, matter_fa
         pipeline.close()
 
 
-class FailsLater(Matter):
-    """The real model, until the fourth frame: then the device fails."""
+def fail_later(matter: Matter, monkeypatch, at: int = 4) -> None:
+    """The real engine, until the ``at``-th step: then the device fails."""
+    calls, real = [0], matter.core.step
 
-    calls = 0
-
-    def infer(self, src):
-        self.calls += 1
-        if self.calls == 4:
+    def step(images, states):
+        calls[0] += 1
+        if calls[0] == at:
             raise RuntimeError("device lost")
-        return super().infer(src)
+        return real(images, states)
+
+    monkeypatch.setattr(matter.core, "step", step)
 
 
-def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobilenet):
+def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobilenet, monkeypatch):
     from rvm_live.sinks.stream import StreamSink
 
     out = tmp_path / "result.mp4"
     out.write_bytes(b"yesterday's good result")
     config = Config(source=str(carphone_path))
-    pipeline = Pipeline(config, matter=FailsLater("mobilenetv3", model=mobilenet, device="cpu"),
-                        sinks=[StreamSink(str(out), config)])
+    matter = Matter("mobilenetv3", model=mobilenet, device="cpu")
+    fail_later(matter, monkeypatch)
+    pipeline = Pipeline(config, matter=matter, sinks=[StreamSink(str(out), config)])
     with pytest.raises(PipelineError, match="device lost"):
         pipeline.run()
     assert out.read_bytes() == b"yesterday's good result"
