@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .bus import Bus, Event, SinkBack, SinkLost
 from .errors import SinkError, VirtualCameraError
 from .frame import END, Frame
 from .queues import Empty, FrameQueue
@@ -41,8 +42,9 @@ class SinkWorker:
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
                  source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False,
-                 publish_on_stop: bool | None = None) -> None:
+                 publish_on_stop: bool | None = None, bus: Bus | None = None, stream_id: str | None = None) -> None:
         self.sink = sink
+        self.bus, self.stream_id = bus, stream_id  # SinkLost / SinkBack go on the daemon's bus
         cancel_on = getattr(sink, "cancel_on", None)
         if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
             cancel_on(stop)
@@ -134,6 +136,7 @@ class SinkWorker:
                 raise
             self.count_lost(real)
             log.warning("output %s lost: %s; reconnecting with backoff", self.sink.name, exc)
+            self._post(SinkLost(self.stream_id, self.sink.name, str(exc)))
             self.reconnects += 1
             self.retry_at, self.backoff = time.monotonic(), backoff_delays()
             return
@@ -158,8 +161,13 @@ class SinkWorker:
             return False
         if self.reconnects:
             log.warning("output %s reconnected", self.sink.name)
+            self._post(SinkBack(self.stream_id, self.sink.name))
         self.is_open, self.backoff = True, None
         return True
+
+    def _post(self, event: Event) -> None:
+        if self.bus is not None:
+            self.bus.post(event)
 
     def _keep_alive(self) -> None:
         """No new frame for a live output: repeat the last one, then the "no signal" card after a timeout."""

@@ -187,3 +187,34 @@ def test_a_stage_failure_names_its_stream(carphone_path, engine_factory, monkeyp
     with pytest.raises(PipelineError, match="stream b: b.mp4: No space left on device") as err:
         daemon.run()
     assert err.value.stream_id == "b"
+
+
+def test_outages_and_quality_travel_on_one_bus(carphone_path, engine_factory, monkeypatch):
+    """A live output that fails once: SinkLost then SinkBack reach a bus subscriber, tagged with the stream."""
+    from rvm_live.bus import Event, SinkBack, SinkLost
+    from rvm_live.errors import SinkError
+
+    sink = RecordingSink("flaky", live=True)
+    real_write, failures = sink.write, [2]
+
+    def flaky(frame):  # the real sink, refusing two frames as a dropped connection would
+        if failures[0] > 0 and len(sink.frames) >= 3:
+            failures[0] -= 1
+            raise SinkError("flaky: connection reset by peer")
+        real_write(frame)
+
+    monkeypatch.setattr(sink, "write", flaky)
+    config = Config(streams=({"id": "cam", "source": str(carphone_path), "realtime": True, "loop": True},))
+    daemon = Daemon(config, engine=engine_factory(), sinks={"cam": [sink]})
+    seen: list[Event] = []
+    daemon.bus.subscribe(Event, seen.append)
+    daemon.start()
+    try:
+        wait_until(lambda: any(isinstance(e, SinkBack) for e in seen), 60, "the output to come back")
+    finally:
+        daemon.stop()
+        daemon.wait(10)
+        daemon.close()
+    lost = [e for e in seen if isinstance(e, SinkLost)]
+    assert lost and lost[0].stream_id == "cam" and lost[0].sink == "flaky" and "reset by peer" in lost[0].cause
+    assert [e.stream_id for e in seen if isinstance(e, SinkBack)][0] == "cam"
