@@ -102,7 +102,9 @@ class SinkWorker:
                     if keepalive:
                         self._keep_alive()
                     continue
-                if item is END or self.stop.is_set():
+                # a file keeps every frame made before a stop or a failure (at most a queue's worth): its
+                # .part then holds all of them; a live output just goes
+                if item is END or (self.stop.is_set() and self.sink.live):
                     return
                 if self.sink.live and not self.live_source:
                     # a file pushed to a live output plays at the file's rate, not as fast as we can go

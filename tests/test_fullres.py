@@ -126,7 +126,7 @@ def test_pipeline_fast_fullres_matches_the_exact_pipeline(carphone_path):
         config = Config(source=str(carphone_path), max_frames=10, fullres=mode, engine="onnxruntime",
                         device="cpu", downsample=0.5, bg="#203040")
         pipeline = Pipeline(config, sinks=[record])
-        assert isinstance(pipeline.matter, FastMatter) == (mode == "fast")
+        assert isinstance(pipeline.state, FastMatter) == (mode == "fast")
         stats = pipeline.run()
         assert stats["frames_out"] == 10 and stats["downsample_ratio"] == 0.5
         results[mode] = [f for _, f in record.frames]
