@@ -23,6 +23,7 @@ class Frame:
     image: np.ndarray
     alpha: np.ndarray | None = None  # H x W uint8, the alpha this very frame was composited with
     generation: int = 0  # bumped each time the source is reopened: the recurrent state starts afresh
+    pts: float | None = None  # the source's presentation time in seconds (files played once), else None
 
     @property
     def source_id(self) -> str:

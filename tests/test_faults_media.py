@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -121,3 +122,38 @@ def test_the_display_matrix_is_honoured(tmp_path):
         source.close()
     assert frame.shape == (64, 32, 3)  # portrait
     assert frame[-4:, :, 0].mean() > 200 and frame[:48, :, 0].mean() < 30  # the left edge is now the bottom
+
+
+def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, mobilenet):
+    """A VFR file (frames 20 ms and 63 ms apart, 1.66 s in all) comes out as long as it went in, every frame
+    at its own time, not retimed to a constant rate."""
+    from test_pipeline import RecordingSink
+
+    from rvm_live.config import Config
+    from rvm_live.matting import Matter
+    from rvm_live.pipeline import Pipeline
+    from rvm_live.sinks.stream import StreamSink
+
+    src, out = tmp_path / "vfr.mp4", tmp_path / "out.mp4"
+    times_ms = np.cumsum([0] + [20 if i % 2 else 63 for i in range(39)])
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("libx264", rate=50)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for t, image in zip(times_ms, carphone_frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = int(t), stream.codec_context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    config = Config(source=str(src), outputs=(str(out),))
+    Pipeline(config, matter=Matter("mobilenetv3", model=mobilenet, device="cpu"),
+             sinks=[RecordingSink(), StreamSink(str(out), config)]).run()
+    with av.open(str(src)) as c:
+        source_times = [f.time for f in c.decode(video=0)]
+    with av.open(str(out)) as c:
+        out_times = [f.time for f in c.decode(video=0)]
+    assert len(out_times) == len(source_times) == 40
+    span_in, span_out = source_times[-1] - source_times[0], out_times[-1] - out_times[0]
+    assert abs(span_out - span_in) < 0.05, (span_in, span_out)  # retimed, it would be 39/rate
+    gaps = np.diff(out_times)
+    assert gaps.max() > 2 * gaps.min()  # still variable

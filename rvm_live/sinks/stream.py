@@ -222,6 +222,7 @@ class StreamSink:
             raise SinkError(f"output {self.target}: cannot start {what}: {one_line(exc)}{hint}") from exc
         self._container, self._stream = container, stream
         self._first_capture_ns, self._first_index, self._last_pts = None, 0, -1
+        self._first_source_pts: float | None = None
         log.info("output %s: %s %dx%d @ %s fps", self.target, plan.codec, *self._size, rate)
 
     def _writing_path(self) -> str:
@@ -239,7 +240,11 @@ class StreamSink:
     def _pts(self, frame: Frame, time_base: Fraction) -> int:
         if self._first_capture_ns is None:
             self._first_capture_ns, self._first_index = frame.capture_ns, frame.index
-        if self.live:
+            self._first_source_pts = frame.pts
+        if not self.live and frame.pts is not None and self._first_source_pts is not None:
+            # a file played once keeps its own timing: variable-frame-rate input stays VFR, same duration
+            pts = round((frame.pts - self._first_source_pts) / time_base)
+        elif self.live:
             # Streams keep capture timing: dropped frames leave a gap instead of speeding playback up.
             pts = round((frame.capture_ns - self._first_capture_ns) / 1e9 / time_base)
         else:

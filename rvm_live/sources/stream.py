@@ -102,6 +102,9 @@ class StreamSource:
         self._frames: Iterator[av.VideoFrame] | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
         self._frames_read = 0
+        # the last frame's presentation time in seconds, for files played once (VFR files keep their timing
+        # in file outputs); None for network streams and looped files, whose clocks restart or drift
+        self.last_pts: float | None = None
         self._declared = 0  # frames the container says it holds (0: it does not say)
         self._cancel: threading.Event | None = None
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(spec).query) if self.is_network else {}
@@ -268,6 +271,7 @@ class StreamSource:
         if self._realtime:
             self._pace(frame)
         self._frames_read += 1
+        self.last_pts = None if self.is_network or self.loop or frame.time is None else float(frame.time)
         image = frame.to_ndarray(format="rgb24")
         # phones store portrait video as landscape plus a display matrix: turn it as players do
         quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise

@@ -51,7 +51,8 @@ class CaptureStage:
                         generation += 1
                         continue
                     break
-                frame = Frame(index, time.monotonic_ns(), session.id, image, generation=generation)
+                frame = Frame(index, time.monotonic_ns(), session.id, image, generation=generation,
+                              pts=getattr(source, "last_pts", None))
                 session.stats_data.frame_in()
                 while not session.capture_queue.put(frame, timeout=POLL_S):
                     if self.stop.is_set():
