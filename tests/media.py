@@ -116,6 +116,15 @@ class Peer:
             self.process.join(5)
 
 
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
 def open_with_retry(sink: Any, width: int, height: int, fps: float, within: float = 15.0) -> int:
     """Call ``sink.open`` until the peer's listener is up (each refusal is a SinkError); returns tries.
 

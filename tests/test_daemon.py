@@ -10,7 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from media import Peer, free_port, send
+from media import Peer, free_port, send, wait_until
 from test_pipeline import RecordingSink
 
 from rvm_live.config import Config, load_toml, stream_configs
@@ -100,14 +100,6 @@ def rate(sink: RecordingSink, seconds: float) -> float:
     start = len(sink.frames)
     time.sleep(seconds)
     return (len(sink.frames) - start) / seconds
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_control_api_routes_per_stream(carphone_path, engine_factory):

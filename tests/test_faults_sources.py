@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 from daemon import Daemon
-from media import Peer, free_port, send
+from media import Peer, free_port, send, wait_until
 from test_pipeline import RecordingSink
-from test_resilience import wait_until
 
 from rvm_live.config import Config
 from rvm_live.matting import Matter

@@ -7,13 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-from media import Peer, free_port, receive, send
+from media import Peer, free_port, receive, send, wait_until
 from test_pipeline import RecordingSink
 
 from rvm_live.config import Config
@@ -41,14 +40,6 @@ def count_resets(state, monkeypatch) -> list[int]:
 
     monkeypatch.setattr(state, "reset", counting)
     return calls
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def left_colour(frame) -> np.ndarray:
