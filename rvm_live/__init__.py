@@ -22,10 +22,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "Matter": "matting", "auto_downsample_ratio": "matting", "matting": "matting",
     "MattingNetwork": "model.network", "find_weights": "weights", "load_model": "weights",
+    "Engine": "engine", "StreamState": "engine", "Daemon": "daemon",
 }
 
 __all__ = [
     "ConfigError",
+    "Daemon",
+    "Engine",
     "MattingNetwork",
     "Matter",
     "MediaError",
@@ -33,6 +36,7 @@ __all__ = [
     "RvmLiveError",
     "SinkError",
     "SourceError",
+    "StreamState",
     "WeightsError",
     "auto_downsample_ratio",
     "find_weights",
