@@ -70,7 +70,8 @@ class QualityChanged(Event):
 
 @dataclass(frozen=True)
 class StepTiming(Event):
-    """How long one network step took for a stream (posted by the inference stage, read by the governor)."""
+    """How long one network step took for a stream, against its frame interval (posted by the inference stage
+    for observers; the stage feeds its governor directly, on the same thread)."""
 
     step_ms: float
     interval_ms: float
