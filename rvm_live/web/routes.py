@@ -152,13 +152,8 @@ def _stream(handler: BaseHTTPRequestHandler, tap: MjpegTap, fps: float) -> None:
 
 
 def _content_length(handler: BaseHTTPRequestHandler) -> int:
-    try:
-        length = int(handler.headers.get("Content-Length") or 0)
-    except ValueError:
-        raise _http_error(400, "bad Content-Length") from None
-    if length < 0:
-        raise _http_error(400, "bad Content-Length")
-    return length
+    """The request's Content-Length, parsed (and refused with a 400) as the control API does."""
+    return handler._content_length()  # type: ignore[attr-defined]  (control._Handler)
 
 
 def _drain(handler: BaseHTTPRequestHandler, length: int) -> None:
