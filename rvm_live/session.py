@@ -115,7 +115,7 @@ class Session:
         self.workers = [
             SinkWorker(s, self.config.queue_size, leaky=live, fps=self.fps, live_source=live,
                        no_signal_timeout=self.config.no_signal_timeout, stats=self.stats_data, stop=self.stop,
-                       source_up=lambda: self.source_up, failed=self.failed.is_set,
+                       source_up=self.source_up, failed=self.failed,
                        publish_on_stop=self.reconnects or self.config.loop, bus=self.bus, stream_id=self.id)
             for s in self.sinks]
 

@@ -8,10 +8,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from .bus import Bus, Event, SinkBack, SinkLost
+from .bus import Bus, Event, SinkBack, SinkLost, SourceBack, SourceLost
 from .errors import SinkError, VirtualCameraError
 from .frame import END, Frame
 from .queues import Empty, FrameQueue
@@ -41,10 +41,15 @@ class SinkWorker:
 
     def __init__(self, sink: Sink, queue_size: int, *, leaky: bool, fps: float, live_source: bool,
                  no_signal_timeout: float, stats: Stats, stop: threading.Event,
-                 source_up: Callable[[], bool] = lambda: True, failed: Callable[[], bool] = lambda: False,
+                 source_up: bool = True, failed: threading.Event | None = None,
                  publish_on_stop: bool | None = None, bus: Bus | None = None, stream_id: str | None = None) -> None:
         self.sink = sink
-        self.bus, self.stream_id = bus, stream_id  # SinkLost / SinkBack go on the daemon's bus
+        # SinkLost / SinkBack go on the daemon's bus, and the stream's SourceLost / SourceBack come from it
+        self.bus, self.stream_id = bus, stream_id
+        self.source_up = source_up
+        if bus is not None:
+            bus.subscribe(SourceLost, lambda e: self._source_event(e, False))
+            bus.subscribe(SourceBack, lambda e: self._source_event(e, True))
         cancel_on = getattr(sink, "cancel_on", None)
         if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
             cancel_on(stop)
@@ -60,8 +65,7 @@ class SinkWorker:
         self.no_signal_timeout = no_signal_timeout
         self.stats = stats
         self.stop = stop
-        self.source_up = source_up
-        self.failed = failed
+        self.failed = failed or threading.Event()  # set by a failing stage before END reaches this queue
         self.frames = 0
         self._lost = 0  # frames this output never sent: it was down, or stuck (see ``count_lost``)
         self._lost_lock = threading.Lock()
@@ -117,7 +121,7 @@ class SinkWorker:
         finally:
             self.is_open = False
             abort = getattr(self.sink, "abort", None)
-            if self.failed() and abort is not None:
+            if self.failed.is_set() and abort is not None:
                 abort()  # the run failed: a file keeps its partial output under its temporary name
             elif self.stop.is_set() and not self.publish_on_stop and abort is not None:
                 abort("stopped before the end of its source")  # a half-made file never replaces a whole one
@@ -167,6 +171,10 @@ class SinkWorker:
         self.is_open, self.backoff = True, None
         return True
 
+    def _source_event(self, event: Event, up: bool) -> None:
+        if event.stream_id == self.stream_id:
+            self.source_up = up
+
     def _post(self, event: Event) -> None:
         if self.bus is not None:
             self.bus.post(event)
@@ -175,11 +183,11 @@ class SinkWorker:
         """No new frame for a live output: repeat the last one, then the "no signal" card after a timeout."""
         last = self.last_frame
         if last is None:  # nothing from the source yet: the card, at a size the outputs can start with
-            if self.source_up():
+            if self.source_up:
                 return
             height, width = NO_FRAME_CARD_SIZE
             last = Frame(0, time.monotonic_ns(), "no-signal", no_signal_card(height, width))
         silent_s = (time.monotonic_ns() - self.last_real_ns) / 1e9
-        if not self.source_up() and silent_s >= self.no_signal_timeout:
+        if not self.source_up and silent_s >= self.no_signal_timeout:
             last = last.with_image(no_signal_card(last.height, last.width, channels=last.image.shape[2]))
         self._deliver(dataclasses.replace(last, capture_ns=time.monotonic_ns()), real=False)
