@@ -61,7 +61,8 @@ class Governor:
     count, although part of it (the full-resolution stage) does not grow with the ratio, so it errs high."""
 
     def __init__(self, ratios: Sequence[float], *, interval_ms: float, budget_ms: float = 100.0,
-                 dwell_s: float = 2.0, up_dwell_s: float = 5.0, headroom: float = 0.85, start: int = 0) -> None:
+                 dwell_s: float = 2.0, up_dwell_s: float = 5.0, headroom: float = 0.85, start: int = 0,
+                 size: tuple[int, int] | None = None) -> None:
         if not ratios:
             raise ValueError("the ladder needs at least one ratio")
         self.ratios = list(ratios)
@@ -74,7 +75,7 @@ class Governor:
         self.cost_ms: dict[int, tuple[float, float]] = {}
         self._since: float | None = None  # time of the last change (or the first observation)
         self._skip = WARMUP_STEPS
-        self.size: tuple[int, int] | None = None  # the frame size the ladder was made for
+        self.size = size  # the frame size the ladder was made for
 
     @property
     def ratio(self) -> float:

@@ -164,36 +164,33 @@ def test_stream_needs_the_token_as_bearer_header_or_query(server):
             conn.close()
 
 
+def count_parts(server, path: str, seconds: float = 1.5) -> tuple[int, float]:
+    """JPEG parts a watching client receives from ``path`` over ``seconds`` (after the first one)."""
+    conn, resp = open_stream(server, path, auth())
+    try:
+        read_part(resp)
+        start, parts = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            read_part(resp)
+            parts += 1
+        return parts, time.monotonic() - start
+    finally:
+        conn.close()
+
+
 def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(server, controller):
     tap = controller.tap
     time.sleep(0.3)
     assert tap.seq > 10 and tap.encoded == 0  # frames flow, nobody watches: nothing encoded
-    conn, resp = open_stream(server, headers=auth())
-    try:
-        read_part(resp)
-        start, parts = time.monotonic(), 0
-        while time.monotonic() - start < 1.5:
-            read_part(resp)
-            parts += 1
-        elapsed = time.monotonic() - start
-    finally:
-        conn.close()
+    parts, elapsed = count_parts(server, "/stream.mjpg")
     assert tap.encoded >= parts
     # the feeder writes 100 frames/s; the client gets at most the preview's cap (slowness only lowers it)
     assert parts <= PREVIEW_FPS * elapsed + 2
 
 
 def test_stream_rate_can_be_asked_for_within_limits(server):
-    conn, resp = open_stream(server, "/stream.mjpg?fps=3", auth())
-    try:
-        read_part(resp)
-        start, parts = time.monotonic(), 0
-        while time.monotonic() - start < 1.5:
-            read_part(resp)
-            parts += 1
-        assert parts <= 3 * (time.monotonic() - start) + 2
-    finally:
-        conn.close()
+    parts, elapsed = count_parts(server, "/stream.mjpg?fps=3")
+    assert parts <= 3 * elapsed + 2
     for bad in ("0", "-1", "61", "fast", "nan"):
         status, _, body = call(server, "GET", f"/stream.mjpg?fps={bad}", headers=auth())
         assert status == 400 and "expected a number in (0, 60]" in json.loads(body)["error"], bad

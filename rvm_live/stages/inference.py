@@ -184,8 +184,7 @@ class InferenceStage:
             setting = session.config.downsample
             top = auto_downsample_ratio(height, width) if setting == "auto" else float(setting)
             session.governor = Governor(ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
-                                        budget_ms=session.config.latency_budget)
-            session.governor.size = (height, width)
+                                        budget_ms=session.config.latency_budget, size=(height, width))
         decision = session.governor.observe(step_ms, time.monotonic())
         if decision is not None:
             session.state.set_ratio(decision.ratio)
