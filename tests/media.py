@@ -55,13 +55,27 @@ def send(
     url: str, rgb: tuple[int, int, int], size: tuple[int, int], seconds: float, stop: Any, out: Any
 ) -> None:
     """Child process: push solid-colour frames through rvm-live's own StreamSink until ``stop``."""
+    _send(url, size, seconds, stop, out, lambda index: rgb)
+
+
+def ramp_level(index: int) -> int:
+    """The grey level of frame ``index`` from :func:`send_ramp`: 40, 45, ... up to 190 at frame 30, then flat."""
+    return 40 + 5 * min(index, 30)
+
+
+def send_ramp(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any) -> None:
+    """Child process: like :func:`send`, but frame ``i`` is grey at ``ramp_level(i)``, so a receiver can tell
+    which frame it decoded first."""
+    _send(url, size, seconds, stop, out, lambda index: (ramp_level(index),) * 3)
+
+
+def _send(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any, colour: Any) -> None:
     from rvm_live.config import Config
     from rvm_live.frame import Frame
     from rvm_live.sinks.stream import StreamSink
 
     width, height = size
     image = np.empty((height, width, 3), np.uint8)
-    image[:] = rgb
     sink = StreamSink(url, Config())
     sink.open(width, height, 30.0)
     out.put({"first_frame_at": time.time()})  # wall clock: a test may time what follows the first packet
@@ -69,6 +83,7 @@ def send(
     index = 0
     try:
         while not stop.is_set() and time.monotonic() < deadline:
+            image[:] = colour(index)
             sink.write(Frame(index, time.monotonic_ns(), "peer", image))
             index += 1
             time.sleep(1 / 30)

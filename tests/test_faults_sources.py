@@ -9,13 +9,16 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from daemon import Daemon
-from media import Peer, free_port, send, wait_until
+from media import Peer, free_port, ramp_level, send, send_ramp, wait_until
 from test_pipeline import RecordingSink
 
 from rvm_live.config import Config
+from rvm_live.errors import SourceError, SourceNotReady
 from rvm_live.matting import Matter
 from rvm_live.pipeline import Pipeline
+from rvm_live.sources.stream import StreamSource
 from rvm_live.stats import no_signal_card
 
 
@@ -59,3 +62,63 @@ def test_an_unknown_host_is_reported_at_once():
                           env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
     assert proc.returncode == 1, proc.stderr
     assert "unknown host 'no-such-host.invalid'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _port_is_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_a_udp_source_keeps_its_socket_and_resumes_from_the_first_packet():
+    """Through an outage the port stays bound, and a sender that comes back is decoded from its very first
+    frame (its keyframe), not from the next keyframe a GOP later."""
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"udp://127.0.0.1:{port}"
+    source = StreamSource(url, open_timeout=0.3, read_timeout=1.0)
+    try:
+        with Peer(send, url + "?pkt_size=1316", (40, 200, 10), (176, 144), 60.0):
+            wait_until(lambda: _opened(source), 60, "the first sender")
+            assert source.read() is not None
+        with pytest.raises(SourceError, match="no data for 1 s"):
+            for _ in range(1000):
+                source.read()
+        source.suspend()  # what the capture stage does between reconnection attempts
+        assert _port_is_taken(port)
+        with pytest.raises(SourceNotReady, match="no packets yet"):
+            source.open()
+        assert _port_is_taken(port)
+        with Peer(send_ramp, url + "?pkt_size=1316", (176, 144), 60.0) as sender:
+            sender.result(60)  # its first packet is on its way: no open() is waiting for it yet
+            time.sleep(0.3)
+            wait_until(lambda: _opened(source), 60, "the second sender")
+            first = source.read()
+        assert abs(first.mean() - ramp_level(0)) < 3, f"first frame level {first.mean():.1f}, not the sender's first"
+    finally:
+        source.close()
+    assert not _port_is_taken(port)
+
+
+def _opened(source: StreamSource) -> bool:
+    try:
+        source.open()
+    except SourceNotReady:
+        return False
+    return True
+
+
+def test_udp_url_options_are_checked_and_a_port_in_use_is_an_error():
+    port = free_port(socket.SOCK_DGRAM)
+    with pytest.raises(SourceError, match="fifo_size='many' is not a whole number"):
+        StreamSource(f"udp://127.0.0.1:{port}?fifo_size=many")
+    with pytest.raises(SourceError, match="no port to listen on"):
+        StreamSource("udp://127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        source = StreamSource(f"udp://127.0.0.1:{port}")
+        with pytest.raises(SourceError, match=f"cannot listen on port {port}") as caught:
+            source.open()
+        assert not isinstance(caught.value, SourceNotReady)  # not worth waiting for: say so at once

@@ -137,8 +137,8 @@ def test_demo_source_plays_the_carphone_clip(carphone_path, carphone_frames):
 
 def test_udp_mpegts_round_trip_through_the_stream_source():
     url = f"udp://127.0.0.1:{media.free_port(socket.SOCK_DGRAM)}"
-    source = create_source(url, Config())
-    assert isinstance(source, StreamSource) and source.live
+    source = StreamSource(url, open_timeout=60)
+    assert source.live and isinstance(create_source(url, Config()), StreamSource)
     with media.Peer(media.send, url, (40, 200, 10), (176, 144), 30.0) as sender:
         source.open()  # blocks (bounded by the open timeout) until the sender's packets are probed
         try:

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import SourceError, SourceNotReady, one_line
 from ..sink_worker import backoff_delays
 from .base import register_source
+from .datagram import DatagramReader, Datagrams
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -54,6 +55,7 @@ _SCHEME_OPTIONS = {
 
 TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared frames gets a warning
 CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
+PACKET_WAIT_S = 0.5  # UDP: how long one open() waits for the first packet before saying "not up"
 POLL_S = 0.1
 
 
@@ -81,7 +83,7 @@ class StreamSource:
         realtime: bool = False,
         loop: bool = False,
         fps: float | None = None,
-        open_timeout: float = OPEN_TIMEOUT_S,
+        open_timeout: float | None = None,
         read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
         if not isinstance(spec, str) or not spec:
@@ -97,7 +99,6 @@ class StreamSource:
         self.loop = loop and not self.is_network
         self._realtime = realtime and not self.is_network
         self._fps_hint = fps
-        self._timeout = (open_timeout, read_timeout)
         self._container: av.container.InputContainer | None = None
         self._frames: Iterator[av.VideoFrame] | None = None
         self._clock: tuple[float, float] | None = None  # (monotonic at first frame, its pts seconds)
@@ -110,6 +111,14 @@ class StreamSource:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(spec).query) if self.is_network else {}
         # nothing to connect to: the stream is there when packets arrive on our own port
         self.connectionless = scheme == "udp" or (scheme == "srt" and query.get("mode") == ["listener"])
+        # UDP: our own socket, bound for the source's life (datagram.py); None for every other kind
+        self._datagrams = Datagrams(self.target) if scheme == "udp" else None
+        if self._datagrams is not None and self._datagrams.silence_us:
+            read_timeout = self._datagrams.silence_us / 1e6
+        if open_timeout is None:  # reopening a UDP socket we keep costs nothing: say "not up" early
+            open_timeout = PACKET_WAIT_S if self._datagrams is not None else OPEN_TIMEOUT_S
+        self._timeout = (open_timeout, read_timeout)
+        self._reader: DatagramReader | None = None
 
     def cancel_on(self, event: threading.Event) -> None:
         """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
@@ -136,16 +145,22 @@ class StreamSource:
         """Open (or reopen, after a failure) the file or URL and pick its first video stream.
 
         A network source that is not up raises ``SourceNotReady``; an unknown host name ``SourceError``."""
-        self.close()
+        self.suspend()
         if not self.is_network and not Path(self.target).is_file():
             raise SourceError(f"{self.target}: no such file")
         if self.is_network:
             self._check_host()
-        container = self._open_container() if self.is_network else self._av_open()
+        if self._datagrams is not None:
+            container = self._open_datagrams()
+        else:
+            container = self._open_container() if self.is_network else self._av_open()
         if not container.streams.video:
             container.close()
             raise SourceError(f"{self.target}: no video stream")
         stream = container.streams.video[0]
+        if self._datagrams is not None and not stream.codec_context.width:
+            container.close()  # joined mid-way and no keyframe in the probe: the next one will do
+            raise SourceNotReady(f"{self.target}: no picture yet")
         self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
@@ -184,6 +199,25 @@ class StreamSource:
         except (av.FFmpegError, OSError) as exc:
             kind = SourceNotReady if self.is_network else SourceError
             raise kind(f"{self.target}: cannot open: {one_line(exc)}") from exc
+
+    def _open_datagrams(self) -> av.container.InputContainer:
+        """UDP: bind the port once (a port in use is an error), wait briefly for packets (none yet: "not up"),
+        then demux what the socket holds, from the oldest packet not yet stale."""
+        datagrams = self._datagrams
+        assert datagrams is not None
+        datagrams.start()
+        datagrams.drop_stale()
+        if not datagrams.wait(self._timeout[0], self._cancel):
+            raise SourceNotReady(f"{self.target}: no packets yet")
+        # No "nobuffer" here: the packets read while probing hold the keyframe, and without them the first
+        # picture would wait for the next one (a GOP, often a second or more).
+        options = {**{k: v for k, v in _LIVE_OPTIONS.items() if k != "fflags"}, "analyzeduration": "33000"}
+        self._reader = reader = datagrams.reader(self._timeout[1], self._cancel)
+        try:
+            return av.open(reader, format="mpegts" if datagrams.looks_like_mpegts() else None, options=options)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            why = reader.failure or f"cannot open: {one_line(exc)}"
+            raise SourceNotReady(f"{self.target}: {why}") from exc
 
     def _open_container(self) -> av.container.InputContainer:
         """``av.open`` on a helper thread (PyAV releases the GIL there), so a stop is not held up by a peer
@@ -260,6 +294,8 @@ class StreamSource:
             raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
+        if frame is None and self._reader is not None and self._reader.failure:
+            raise SourceError(f"{self.target}: {self._reader.failure}")
         if frame is None:
             declared = 0 if self.is_network else self._declared
             if declared and self._frames_read < declared * TRUNCATED_FRACTION:
@@ -277,14 +313,21 @@ class StreamSource:
         quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
         return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
-    def close(self) -> None:
-        """Release the container; safe to call more than once."""
-        container, self._container, self._frames = self._container, None, None
+    def suspend(self) -> None:
+        """Between reconnection attempts: release the demuxer but keep a UDP socket bound, so the packets of
+        a sender that comes back are all there for the next ``open()``."""
+        container, self._container, self._frames, self._reader = self._container, None, None, None
         if container is not None:
             try:
                 container.close()
             except (av.FFmpegError, OSError) as exc:  # closing a dead network stream may complain
                 log.debug("closing %s: %s", self.target, exc)
+
+    def close(self) -> None:
+        """Release the container and the socket; safe to call more than once."""
+        self.suspend()
+        if self._datagrams is not None:
+            self._datagrams.close()
 
 
 @register_source("file", *NETWORK_SCHEMES)

@@ -75,7 +75,8 @@ class CaptureStage:
             session.stats_data.outage_started()
             self.bus.post(SourceLost(session.id, str(cause)))
         session.source_up = False
-        session.source.close()
+        # what lets it come back fast (a bound UDP socket) stays; the rest is released
+        getattr(session.source, "suspend", session.source.close)()
         for delay in getattr(session.source, "retry_delays", backoff_delays)():
             if self.stop.wait(delay):
                 return False
