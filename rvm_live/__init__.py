@@ -12,9 +12,6 @@ import sys
 import types
 from typing import Any
 
-# OpenCV must be imported before PyAV: the other order makes cv2's GUI calls spin forever (PyAV #978).
-import cv2  # noqa: F401  isort: skip
-
 from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError, WeightsError
 
 __version__ = "0.1.0"

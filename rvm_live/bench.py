@@ -40,9 +40,9 @@ ALTERNATING_BLOCKS = 4
 
 def bench_frames(width: int, height: int, count: int) -> list[np.ndarray]:
     """``count`` RGB uint8 frames of the demo clip resized to ``width x height``, looped as needed."""
-    import av
     import cv2
 
+    from ._av import av
     from .assets import demo_clip
 
     with av.open(str(demo_clip())) as container:
@@ -148,7 +148,7 @@ def _roundtrip(matter: Matter) -> Callable[[np.ndarray], object]:
 
 def encode_clip(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path:
     """Write ``frames`` to an H.264 file (near-lossless) for the end-to-end run."""
-    import av
+    from ._av import av
 
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as container:

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
+
+from ._av import av
 
 SPAWN = mp.get_context("spawn")
 STEP_S = 4.0  # one fault every STEP_S seconds

@@ -18,13 +18,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import av
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ._av import av
 from .colors import parse_color
 from .errors import MediaError, one_line
 

@@ -110,7 +110,7 @@ def ratio_timeline(samples: list[dict]) -> list[tuple[float, float | None]]:
 
 def decode_frames(path: Path, count: int) -> list[np.ndarray]:
     """The first ``count`` frames of a video file as RGB uint8 (the clip as the pipeline's source sees it)."""
-    import av
+    from ._av import av
 
     out: list[np.ndarray] = []
     with av.open(str(path)) as container:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import av
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ._av import av
 
 log = logging.getLogger(__name__)
 

@@ -101,9 +101,9 @@ def quantize_lowres(source: str | Path, dest: str | Path, frames: np.ndarray) ->
 
 def recipe_frames(indices: range | None = None) -> np.ndarray:
     """The recipe's calibration frames (or the clip's ``indices``), resized to the recipe's size."""
-    import av
     import cv2
 
+    from ._av import av
     from .assets import demo_clip
 
     indices = indices if indices is not None else range(*RECIPE["frames"])

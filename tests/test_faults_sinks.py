@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from daemon import Daemon
@@ -128,6 +129,47 @@ def test_a_signal_while_starting_up_is_one_line(sig):
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode in (0, 130, 128 + signal.SIGTERM), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+# Started by every interpreter whose path holds it: the first ``import cv2`` leaves a mark, then takes 30 s, so
+# a signal can be sent at exactly that moment of start-up.
+SLOW_CV2 = """
+import importlib.abc, os, sys, time
+
+class SlowCv2(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "cv2" and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            open(os.environ["RVM_TEST_MARK"], "w").close()
+            time.sleep(30)
+        return None
+
+sys.meta_path.insert(0, SlowCv2())
+"""
+
+
+@pytest.mark.parametrize("launcher", ["rvm-live", "python -m rvm_live"])
+def test_ctrl_c_while_opencv_loads_is_one_line(tmp_path, launcher):
+    (tmp_path / "sitecustomize.py").write_text(SLOW_CV2)
+    mark = tmp_path / "importing-cv2"
+    script = Path(sys.executable).parent / "rvm-live"  # the console script pip made beside this interpreter
+    command = [str(script)] if launcher == "rvm-live" else [sys.executable, "-m", "rvm_live"]
+    assert Path(command[0]).exists(), command
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([*command, "--source", "demo", "-o", "null"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": path, "RVM_TEST_MARK": str(mark),
+                                 "RVM_LIVE_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.exists(), "cv2 was never imported"
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "rvm-live: interrupted"
 
 
 def test_a_receiver_that_stops_reading_is_abandoned_within_the_write_deadline():

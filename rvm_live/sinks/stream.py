@@ -16,10 +16,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import av
 import cv2
 import numpy as np
 
+from .._av import av
 from ..errors import ConfigError, SinkError, one_line
 from .base import register_sink
 

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
+from .._av import av
 from ..errors import SourceError, SourceNotReady, one_line
 from ..sink_worker import backoff_delays
 from .base import register_source
