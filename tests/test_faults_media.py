@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import pytest
 from media import decode_file
 
 from rvm_live.sources.stream import StreamSource
@@ -103,25 +104,47 @@ def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, 
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_the_display_matrix_is_honoured(tmp_path):
-    path = tmp_path / "phone.mp4"
+def _phone_clip(path, degrees=90, hflip=False, vflip=False):
     with av.open(str(path), "w") as c:
         stream = c.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-        stream.set_display_rotation(90)  # shown turned a quarter counter-clockwise, as phones record
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         for _ in range(3):
             image = np.zeros((32, 64, 3), np.uint8)
             image[:, :8] = (255, 0, 0)  # a red band down the stored picture's left edge
+            image[:4, 8:] = (0, 255, 0)  # and a green one along its top
             c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         c.mux(stream.encode(None))
+
+
+def _first_frame(path):
     source = StreamSource(str(path))
     source.open()
     try:
-        frame = source.read()
+        return source.read()
     finally:
         source.close()
+
+
+def test_the_display_matrix_is_honoured(tmp_path):
+    _phone_clip(tmp_path / "phone.mp4", 90)  # shown turned a quarter counter-clockwise, as phones record
+    frame = _first_frame(tmp_path / "phone.mp4")
     assert frame.shape == (64, 32, 3)  # portrait
     assert frame[-4:, :, 0].mean() > 200 and frame[:48, :, 0].mean() < 30  # the left edge is now the bottom
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+@pytest.mark.parametrize(("hflip", "vflip"), [(True, False), (False, True), (False, False)])
+def test_every_orientation_a_camera_writes_is_shown_as_players_show_it(tmp_path, degrees, hflip, vflip):
+    """All eight EXIF orientations (turns, and mirrors after the turn), against the stored picture turned
+    and mirrored by numpy."""
+    path = tmp_path / "clip.mp4"
+    _phone_clip(path, degrees, hflip, vflip)
+    with av.open(str(path)) as c:
+        stored = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    expected = np.rot90(stored, degrees // 90)
+    expected = expected[::-1 if vflip else 1, ::-1 if hflip else 1]
+    np.testing.assert_array_equal(_first_frame(path), expected)
 
 
 def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, mobilenet):

@@ -73,6 +73,32 @@ def _declared_frames(stream: av.video.stream.VideoStream, fps: float) -> int:
     return 0
 
 
+def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
+    """The frame's display matrix (FFmpeg's nine int32, 16.16 fixed point), or None when it has none."""
+    for data in frame.side_data:
+        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX and data.buffer_size == 36:
+            return tuple(np.frombuffer(memoryview(data), np.int32).tolist())
+    return None
+
+
+def orient(image: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
+    """``image`` as its display matrix shows it: turned by quarter turns and mirrored, as players do.
+
+    A stored pixel (x, y) is shown at (m0·x + m3·y, m1·x + m4·y), shifted back into the picture (y down). The
+    eight orientations cameras write make that 2x2 part a signed permutation: a transpose and flips. Any other
+    angle (rare) is taken to the nearest of those."""
+    if matrix is None:
+        return image
+    m0, m1, m3, m4 = matrix[0], matrix[1], matrix[3], matrix[4]
+    if abs(m0) + abs(m4) >= abs(m1) + abs(m3):  # x stays x: flips only
+        flip_rows, flip_cols = m4 < 0, m0 < 0
+    else:  # shown x comes from stored y: the axes swap
+        image, flip_rows, flip_cols = image.transpose(1, 0, 2), m1 < 0, m3 < 0
+    if flip_rows or flip_cols:
+        image = image[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+    return np.ascontiguousarray(image)
+
+
 class StreamSource:
     """A PyAV input: a media file (``file`` key, or any path) or a network URL."""
 
@@ -309,9 +335,9 @@ class StreamSource:
         self._frames_read += 1
         self.last_pts = None if self.is_network or self.loop or frame.time is None else float(frame.time)
         image = frame.to_ndarray(format="rgb24")
-        # phones store portrait video as landscape plus a display matrix: turn it as players do
-        quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise
-        return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+        # phones store portrait video as landscape plus a display matrix (a turn, maybe a mirror): show it
+        # as players do
+        return orient(image, display_matrix(frame))
 
     def suspend(self) -> None:
         """Between reconnection attempts: release the demuxer but keep a UDP socket bound, so the packets of
