@@ -39,7 +39,8 @@ CONNECT_TIMEOUT_S = 5.0
 # the first frame stays at time 0.
 _FRAGMENTED = {"movflags": "+frag_keyframe+delay_moov+default_base_moof",
                "frag_duration": "1000000", "flush_packets": "1"}
-CRASH_SAFE_OPTIONS = {"mp4": _FRAGMENTED, "mov": _FRAGMENTED}
+_CLUSTERED = {"cluster_time_limit": "1000", "flush_packets": "1"}
+CRASH_SAFE_OPTIONS = {"mp4": _FRAGMENTED, "mov": _FRAGMENTED, "matroska": _CLUSTERED, "webm": _CLUSTERED}
 
 
 @dataclass(frozen=True)
