@@ -160,6 +160,47 @@ def test_silent_stream_raises_instead_of_hanging():
         source.open()
 
 
+def _datagrams(url):
+    from rvm_live.sources.datagram import Datagrams
+
+    receiver = Datagrams(url)
+    receiver.start()
+    return receiver
+
+
+def test_the_udp_socket_buffers_while_nobody_reads_and_drops_the_oldest_when_full():
+    port = media.free_port(socket.SOCK_DGRAM)
+    receiver = _datagrams(f"udp://127.0.0.1:{port}?fifo_size=10")  # 10 TS packets: 1880 bytes
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(5):
+                tx.sendto(bytes([i]) * 752, ("127.0.0.1", port))  # 4 TS packets each
+        media.wait_until(lambda: receiver.dropped == 3 * 752, 10, "three datagrams dropped")
+        assert receiver.take(10_000) == bytes([3]) * 752  # the oldest two left were dropped first
+        assert receiver.take(100) == bytes([4]) * 100 and receiver.take(10_000) == bytes([4]) * 652
+        assert receiver.take(10_000) == b"" and not receiver.wait(0.2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"late", ("127.0.0.1", port))
+        assert receiver.wait(10)
+        receiver.drop_stale(older_than=0.0)  # what open() does with data that waited too long
+        assert receiver.take(100) == b""
+    finally:
+        receiver.close()
+
+
+def test_a_multicast_udp_source_joins_its_group():
+    group, port = "239.255.71.3", media.free_port(socket.SOCK_DGRAM)
+    receiver = _datagrams(f"udp://{group}:{port}?localaddr=127.0.0.1")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:  # kept on the loopback interface
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+            tx.sendto(b"to the group", (group, port))
+        assert receiver.wait(10) and receiver.take(100) == b"to the group"
+    finally:
+        receiver.close()
+
+
 def test_unreachable_rtsp_server_raises():
     url = f"rtsp://127.0.0.1:{media.free_port()}/live"
     with pytest.raises(SourceError, match="rtsp://127.0.0.1"):
