@@ -47,8 +47,6 @@ _LIVE_OPTIONS = {
 _SCHEME_OPTIONS = {
     "rtsp": {"rtsp_transport": "tcp", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
     "rtmp": {"rw_timeout": str(int(READ_TIMEOUT_S * 1e6))},
-    # A large socket FIFO and non-fatal overruns: a busy inference thread must not kill a UDP stream.
-    "udp": {"fifo_size": "1000000", "overrun_nonfatal": "1", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
     "srt": {"timeout": str(int(READ_TIMEOUT_S * 1e6))},
 }
 
@@ -163,8 +161,11 @@ class StreamSource:
             return {}
         scheme = url_scheme(self.target) or ""
         options = {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
-        if self.connectionless:  # resume fast: the first keyframe's SPS is all the probe needs
-            options["analyzeduration"] = "200000"
+        if self.connectionless:  # resume fast: the first keyframe's SPS is all the probe needs (~one frame),
+            options["analyzeduration"] = "33000"
+            # and "nobuffer" would throw that keyframe away with the probed packets: the first picture would
+            # wait for the next keyframe, a GOP later
+            del options["fflags"]
         return options
 
     def open(self) -> None:
@@ -221,7 +222,8 @@ class StreamSource:
         except av.ExitError as exc:  # PyAV's open timeout fired
             raise SourceNotReady(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
         except (av.ProtocolNotFoundError, ValueError, UnicodeDecodeError) as exc:
-            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}") from exc
+            hint = " (this FFmpeg build lacks that protocol)" if isinstance(exc, av.ProtocolNotFoundError) else ""
+            raise SourceError(f"{self.target}: cannot open: {one_line(exc)}{hint}") from exc
         except (av.FFmpegError, OSError) as exc:
             kind = SourceNotReady if self.is_network else SourceError
             raise kind(f"{self.target}: cannot open: {one_line(exc)}") from exc
@@ -235,9 +237,7 @@ class StreamSource:
         datagrams.drop_stale()
         if not datagrams.wait(self._timeout[0], self._cancel):
             raise SourceNotReady(f"{self.target}: no packets yet")
-        # No "nobuffer" here: the packets read while probing hold the keyframe, and without them the first
-        # picture would wait for the next one (a GOP, often a second or more).
-        options = {**{k: v for k, v in _LIVE_OPTIONS.items() if k != "fflags"}, "analyzeduration": "33000"}
+        options = self._options()
         self._reader = reader = datagrams.reader(self._timeout[1], self._cancel)
         try:
             return av.open(reader, format="mpegts" if datagrams.looks_like_mpegts() else None, options=options)
