@@ -131,6 +131,14 @@ class FastFullRes:
         return self._bg_image
 
 
+class Begun(NamedTuple):
+    """A frame whose network half is done: the frame, the same as float32, and its low-resolution ``A, b``."""
+
+    image: np.ndarray
+    floats: np.ndarray
+    coeffs: tuple[np.ndarray, np.ndarray]
+
+
 class FastMatter:
     """Streaming matting with the fast full-resolution stage (CPU): uint8 frame in, composite out.
 
@@ -202,14 +210,23 @@ class FastMatter:
         a, b, self.state = self.network(small, self.state)
         return a, b
 
+    def begin(self, image: np.ndarray) -> Begun:
+        """The network's half of a step (it carries the state, so steps begin in frame order)."""
+        floats = image.astype(np.float32)  # made once: the network's input and the refiner's guide
+        return Begun(image, floats, self.coefficients(image, floats))
+
+    def complete(self, begun: Begun, background: BackgroundLike,
+                 threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The full-resolution half: ``(image H x W x 3|4, alpha H x W)`` uint8. It reads no state, so it may run
+        on another thread while the next frame begins (one thread at a time: it caches the background)."""
+        self.fullres.threshold = threshold
+        out = self.fullres(begun.image[None], begun.coeffs, background, floats=begun.floats[None])
+        return out.image[0], out.alpha[0]
+
     def step(self, image: np.ndarray, background: BackgroundLike,
              threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Matte and composite one frame: ``(image H x W x 3|4, alpha H x W)`` uint8."""
-        floats = image.astype(np.float32)  # made once: the network's input and the refiner's guide
-        coeffs = self.coefficients(image, floats)
-        self.fullres.threshold = threshold
-        out = self.fullres(image[None], coeffs, background, floats=floats[None])
-        return out.image[0], out.alpha[0]
+        return self.complete(self.begin(image), background, threshold)
 
 
 def fast_matter(config) -> FastMatter:

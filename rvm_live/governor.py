@@ -2,11 +2,12 @@
 internal resolution (the downsample ratio) from a small ladder.
 
 It watches the inference stage's time per frame against the source's frame interval (GStreamer's QoS idea:
-the stage measures lateness, the element that can lower quality decides). It steps down a rung when the
-stream cannot keep up, or when frames would wait longer than the latency budget; it steps up only with clear
-headroom at the rung above, and it changes at most once per ``dwell_s`` (longer before stepping up), so
-quality never flickers. The ladder is of internal long sides in pixels, so it means the same at any frame
-size; the top rung is RVM's own recommendation for that size.
+the stage measures lateness, the element that can lower quality decides). It steps down when the stream
+cannot keep up, or when frames would wait longer than the latency budget (several rungs at once when far
+over, so a slow machine settles seconds after the start, not a rung per dwell later); it steps up only
+with clear headroom at the rung above, one rung at a time, and it changes at most once per ``dwell_s``
+(longer before stepping up), so quality never flickers. The ladder is of internal long sides in pixels, so
+it means the same at any frame size; the top rung is RVM's own recommendation for that size.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Governor:
         return self.ratios[self.rung]
 
     def observe(self, step_ms: float, now: float) -> Decision | None:
-        """Account one frame's inference time; maybe move one rung."""
+        """Account one frame's inference time; maybe change rung (up: one at a time)."""
         if self._since is None:
             self._since = now
         if self._skip > 0:
@@ -94,8 +95,15 @@ class Governor:
         # a frame must be done within one interval to hold the rate, and a queue of one frame must not wait
         # beyond the budget
         limit = min(self.interval_ms, self.budget_ms)
-        if self.mean_ms > limit and held >= self.dwell_s and self.rung < len(self.ratios) - 1:
-            return self._move(+1, now, f"{self.mean_ms:.0f} ms per frame > {limit:.0f} ms")
+        last = len(self.ratios) - 1
+        if self.mean_ms > limit and held >= self.dwell_s and self.rung < last:
+            # far over: straight down to the first rung that pixel-count scaling says could fit. That scaling
+            # errs low going down (the full-res stage does not shrink), so the jump never overshoots, and the
+            # next dwell takes the rest one rung at a time
+            target = self.rung + 1
+            while target < last and self.mean_ms * (self.ratios[target] / self.ratio) ** 2 > limit:
+                target += 1
+            return self._move(target - self.rung, now, f"{self.mean_ms:.0f} ms per frame > {limit:.0f} ms")
         if self.rung > 0 and held >= self.up_dwell_s:
             predicted = self._predict(self.rung - 1, now)
             if predicted <= self.headroom * limit:

@@ -136,6 +136,52 @@ def test_pipeline_fast_fullres_matches_the_exact_pipeline(carphone_path):
         assert np.abs(fast.image.astype(int) - exact.image.astype(int)).max() <= 2
 
 
+def _fast_run(source, monkeypatch, *, pipelined, frames=40):
+    from rvm_live.stages import inference
+
+    monkeypatch.setattr(inference, "PIPELINED", pipelined)
+    record = RecordingSink()
+    pipeline = Pipeline(Config(source=str(source), max_frames=frames, fullres="fast", engine="onnxruntime",
+                               device="cpu", downsample=0.5, bg="#203040"), sinks=[record])
+    return pipeline, record
+
+
+def test_the_pipelined_fast_path_gives_exactly_the_serial_frames_in_order(carphone_path, monkeypatch):
+    """The full-res stage on its own thread (overlapping the next frame's network) changes nothing but speed:
+    every frame, in order, identical to the one-thread path."""
+    results = {}
+    for pipelined in (False, True):
+        pipeline, record = _fast_run(carphone_path, monkeypatch, pipelined=pipelined)
+        assert pipeline.run()["frames_out"] == 40
+        assert (pipeline.inference._finisher is not None) == pipelined  # the path under test ran
+        results[pipelined] = [f for _, f in record.frames]
+    assert [f.index for f in results[True]] == list(range(40))
+    for serial, pipelined in zip(results[False], results[True], strict=True):
+        np.testing.assert_array_equal(pipelined.image, serial.image)
+
+
+def test_a_failure_in_the_pipelined_full_res_stage_stops_the_run_with_its_cause(carphone_path, monkeypatch):
+    from rvm_live.errors import PipelineError
+
+    pipeline, record = _fast_run(carphone_path, monkeypatch, pipelined=True, frames=None)
+    engine, done = pipeline.engine, []
+    real = engine.complete
+
+    def failing(begun, state, background, threshold):  # the real stage, failing at the 10th frame
+        if len(done) == 9:
+            raise MemoryError("cannot allocate the composite")
+        done.append(1)
+        return real(begun, state, background, threshold)
+
+    monkeypatch.setattr(engine, "complete", failing)
+    with pytest.raises(PipelineError, match="MemoryError: cannot allocate the composite") as err:
+        pipeline.run()
+    assert isinstance(err.value.__cause__, MemoryError)
+    assert not any(t.is_alive() for t in pipeline._threads)
+    assert not pipeline.inference._finisher._thread.is_alive()
+    assert len(record.frames) <= 9 and record.closed >= 1
+
+
 def test_fast_fullres_is_a_cpu_option():
     with pytest.raises(ConfigError, match="fullres"):
         Config(fullres="quick")

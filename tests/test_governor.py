@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 
 import pytest
@@ -59,6 +60,17 @@ def test_governor_steps_down_until_the_rate_holds_and_back_up_when_load_goes():
     assert gov.ratio > more[-1][1].ratio and engine.step_ms(gov.ratio) <= 1000 / 30  # and still holds the rate
     times = [when for when, _ in ups]
     assert all(b - a >= gov.up_dwell_s for a, b in zip(times, times[1:]))
+
+
+def test_far_too_slow_jumps_several_rungs_at_once_without_overshooting():
+    """At the start on a slow machine (RVM's own ratio costs 3x the interval) the first step goes straight to
+    the rung that pixel scaling says could fit, not one rung per dwell; it never lands below what is needed."""
+    ratios = ladder_ratios(360, 640, 0.75)  # [0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25]
+    engine = SlowEngine(fixed_ms=12.0, per_ratio2_ms=160.0)  # 0.75 → 102 ms, 0.4 → 37.6, 0.3 → 26.4
+    gov = Governor(ratios, interval_ms=1000 / 30)
+    _, decisions = drive(gov, engine, 12.0)
+    assert [d.ratio for _, d in decisions] == [0.4, 0.3]  # was 0.7, 0.6, 0.5, 0.4, 0.3: five dwells
+    assert decisions[0][0] < gov.dwell_s + 0.5
 
 
 def test_governor_keeps_a_fast_stream_at_the_top():
@@ -136,13 +148,13 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     config = Config(source=str(clip), realtime=True, loop=True, fullres="fast", engine="onnxruntime")
     sink = RecordingSink("live", live=True)
     daemon = Daemon(config, sinks=[sink])
-    real = daemon.engine.matte
+    real = daemon.engine.begin  # the network's half of a frame, which grows with the ratio
 
-    def slowed(image, state, background, threshold):
+    def slowed(image, state):
         time.sleep(0.15 * (state.ratio or 1.0) ** 2)  # 84 ms at the top rung: far behind a 30 fps source
-        return real(image, state, background, threshold)
+        return real(image, state)
 
-    monkeypatch.setattr(daemon.engine, "matte", slowed)
+    monkeypatch.setattr(daemon.engine, "begin", slowed)
     caplog.set_level("INFO", logger="rvm_live")
     daemon.start()
     try:
@@ -159,6 +171,8 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     assert stats["quality"] == "auto" and stats["quality_changes"] >= 1
     assert stats["downsample_ratio"] < 1.0
     assert f'rvm_live_downsample_ratio{{stream="0"}} {stats["downsample_ratio"]}' in metrics.decode()
-    assert any("quality: downsample 0.75 -> 0.7 (" in r.getMessage() for r in caplog.records), caplog.text
+    changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quality: downsample 0.75 -> ")]
+    assert changes and re.fullmatch(r"quality: downsample 0\.75 -> 0\.[1-6]\d* \(\d+ ms per frame > 33 ms\)",
+                                    changes[0]), caplog.text
     sizes = {f.image.shape for _, f in sink.frames}
     assert sizes == {(360, 640, 3)}  # the output keeps its size whatever the internal one

@@ -14,7 +14,7 @@ from .core import Engine
 from .loading import pick_engine, resolve_device
 
 if TYPE_CHECKING:
-    from ..fullres import FastMatter
+    from ..fullres import Begun, FastMatter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,17 @@ class FusedEngine:
               threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
         """``(image H x W x 3|4, alpha H x W)`` uint8 for one frame of the stream whose state is ``state``."""
         return state.step(image, background, threshold)
+
+    @staticmethod
+    def begin(image: np.ndarray, state: FastMatter) -> Begun:
+        """``matte`` in two halves: the network (in frame order, on the inference thread) ..."""
+        return state.begin(image)
+
+    @staticmethod
+    def complete(begun: Begun, state: FastMatter, background: Any,
+                 threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """... then the full-resolution stage, which may overlap the next frame's network (another thread)."""
+        return state.complete(begun, background, threshold)
 
 
 def build_engine(config: Config) -> Engine | FusedEngine:

@@ -7,6 +7,7 @@ missing stream at most ``BATCH_WAIT_S``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 BATCH_WAIT_S = 0.004  # how long a batch may wait for another live stream's frame
+PIPELINED = True  # the CPU fast path's full-res stage on its own thread (Finisher); False: all on this one
 LIVE_OUTPUT_WAIT_S = 1.0  # how long a file job waits on a stuck live output before dropping a frame for it
 
 
@@ -36,7 +38,7 @@ class InferenceStage:
     """``run()`` is the thread body. ``engine.step(images, states)`` mattes one frame per state."""
 
     def __init__(self, sessions: list[Session], engine: Any, *, stop: threading.Event, bus: Bus,
-                 doorbell: threading.Event, batch_wait_s: float = BATCH_WAIT_S) -> None:
+                 doorbell: threading.Event, batch_wait_s: float = BATCH_WAIT_S, pipelined: bool | None = None) -> None:
         self.sessions = sessions
         self.engine = engine
         self.stop = stop
@@ -46,11 +48,16 @@ class InferenceStage:
         self._held: dict[str, Frame | EndOfStream] = {}  # taken from a queue, not yet processed
         self._generation: dict[str, int | None] = {s.id: None for s in sessions}
         self._download = Download()  # this thread's pinned host buffer
+        # the CPU fast path's second half (full-res stage, fan-out) on its own thread: see Finisher
+        self.pipelined = PIPELINED if pipelined is None else pipelined
+        self._finisher: Finisher | None = None
         self.batches = 0  # network calls made
         self.batched_frames = 0  # frames that went through them
 
     def run(self) -> None:
         active = list(self.sessions)
+        if getattr(self.engine, "fused", False) and self.pipelined:
+            self._finisher = Finisher(self)
         try:
             while active and not self.stop.is_set():
                 ready = self._collect(active)
@@ -60,15 +67,19 @@ class InferenceStage:
                     continue
                 for session, item in ready:
                     if item is END:
-                        self._end(session)
+                        self._deliver(functools.partial(self._end, session))
                         active.remove(session)
                 if not self._process([(s, f) for s, f in ready if f is not END]):
                     return
+            if self._finisher is not None:
+                self._finisher.drain()  # every frame begun reaches its outputs before their END
         except BaseException:
             for session in self.sessions:
                 session.failed.set()  # before END reaches the outputs: they must not publish a truncated file
             raise
         finally:
+            if self._finisher is not None:
+                self._finisher.close()
             for session in self.sessions:
                 for worker in session.workers:
                     worker.queue.put(END, force=True)
@@ -123,8 +134,30 @@ class InferenceStage:
                 outputs += self._matte_chunk(session, self._chunk(session, frame))
             else:
                 groups.setdefault(self._batch_key(session, image), []).append((session, frame, image))
+        if self._finisher is None:
+            for members in groups.values():
+                outputs += self._matte_batch(members)
+            return self._fan_out(outputs)
         for members in groups.values():
-            outputs += self._matte_batch(members)
+            started = time.perf_counter()
+            finish = self._begin_fused(members)
+            self._finisher.submit(lambda done=outputs, finish=finish: done + finish())
+            outputs = []
+            # the governor sees what a frame costs the pipeline: the network, plus any wait for the full-res
+            # stage of the frame before (the slower half sets the rate)
+            self._observe(members, (time.perf_counter() - started) * 1000)
+        if outputs:
+            self._finisher.submit(lambda done=outputs: done)
+        return not self._finisher.stopped
+
+    def _deliver(self, work: Any) -> None:
+        """Run ``work`` (a stream's end) after every frame before it reached the outputs."""
+        if self._finisher is None:
+            work()
+        else:
+            self._finisher.submit(lambda: (work(), [])[1])
+
+    def _fan_out(self, outputs: list[tuple[Session, list[Frame]]]) -> bool:
         for session, frames in outputs:
             for out in frames:
                 session.stats_data.frame_out()
@@ -160,20 +193,34 @@ class InferenceStage:
         sessions = [m[0] for m in members]
         started = time.perf_counter()
         if getattr(self.engine, "fused", False):  # network and blend in one call per stream (CPU fast path)
-            results = [(session, [session.finish(frame, image, *self.engine.matte(
-                image, session.state, session.background(), session.threshold))])
-                for session, frame, image in members]
+            results = self._begin_fused(members)()
         else:
             with torch.inference_mode():
                 out = self.engine.step([m[2] for m in members], [s.state for s in sessions])
                 results = self._blend_all(members, out)
-        step_ms = (time.perf_counter() - started) * 1000
+        self._observe(members, (time.perf_counter() - started) * 1000)
+        return results
+
+    def _begin_fused(self, members: list[tuple[Session, Frame, np.ndarray]]) -> Any:
+        """The CPU fast path's network half for each stream, now; returns the full-resolution half, to call
+        on the finisher's thread (or at once)."""
+        begun = [(session, frame, image, self.engine.begin(image, session.state))
+                 for session, frame, image in members]
+
+        def complete() -> list[tuple[Session, list[Frame]]]:
+            return [(session, [session.finish(frame, image, *self.engine.complete(
+                work, session.state, session.background(), session.threshold))])
+                for session, frame, image, work in begun]
+
+        return complete
+
+    def _observe(self, members: list[tuple[Session, Frame, np.ndarray]], step_ms: float) -> None:
+        """Count the call, post its timing and let the governor see it."""
         self.batches += 1
         self.batched_frames += len(members)
         for session, _, image in members:
             self.bus.post(StepTiming(session.id, step_ms, 1000 / session.fps, float(session.state.ratio or 1.0)))
             self._govern(session, image, step_ms)
-        return results
 
     def _govern(self, session: Session, image: np.ndarray, step_ms: float) -> None:
         """Live streams with ``quality = "auto"``: let the governor move the ratio (state carried, resized)."""
@@ -249,3 +296,76 @@ class InferenceStage:
         for worker in session.workers:
             worker.queue.put(END, force=True)
         self.bus.post(EndOfStreamEvent(session.id))
+
+
+class Finisher:
+    """The CPU fast path in two threads: while the inference thread runs the network on frame N+1, this one
+    runs frame N's full-resolution stage (OpenCV, which releases the GIL) and hands it to the outputs. On two
+    cores that overlap is worth 15-30 % more frames (BENCHMARKS.md). It holds one job at most, so latency cannot
+    build up, and runs them in order, so each stream's frames (and its END) reach the outputs in order. A job
+    that fails stops the pipeline with its error, raised on the inference thread."""
+
+    def __init__(self, stage: InferenceStage) -> None:
+        self.stage = stage
+        self.stopped = False  # stopping, or a job failed: nothing more is handed over
+        self._cond = threading.Condition()
+        self._job: Any = None  # queued or running
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rvm-finish", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Any) -> float:
+        """Hand over ``job`` (a callable returning ``[(session, frames)]``) once the previous one is done;
+        returns the ms spent waiting for that."""
+        started = time.perf_counter()
+        with self._cond:
+            while self._job is not None and not self.stopped:
+                if self.stage.stop.is_set():
+                    self.stopped = True
+                    break
+                self._cond.wait(POLL_S)
+            self._raise()
+            if not self.stopped:
+                self._job = job
+                self._cond.notify_all()
+        return (time.perf_counter() - started) * 1000
+
+    def drain(self) -> None:
+        """Wait until the job handed over is done (and raise its error if it failed)."""
+        with self._cond:
+            while self._job is not None and not self.stopped and not self.stage.stop.is_set():
+                self._cond.wait(POLL_S)
+            self._raise()
+
+    def close(self) -> None:
+        """Let the thread finish the job it holds, then end."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(10 * POLL_S + 5)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._closing:
+                    self._cond.wait()
+                if self._job is None:
+                    return
+                job = self._job
+            try:
+                delivered = self.stopped or self.stage._fan_out(job())
+            except BaseException as exc:  # noqa: BLE001 - raised again on the inference thread
+                with self._cond:
+                    self._error, self.stopped, self._job = exc, True, None
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._job = None
+                self.stopped = self.stopped or not delivered
+                self._cond.notify_all()
