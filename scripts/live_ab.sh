@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The live benchmark, interleaved: the code at commit BEFORE against this tree, same cases, ROUNDS rounds
+# (speeds on a shared machine are only comparable within one run). Prints one JSON line per run.
+#   bash scripts/live_ab.sh BEFORE [ROUNDS]
+set -euo pipefail
+before=${1:?usage: live_ab.sh BEFORE_COMMIT [ROUNDS]}
+rounds=${2:-2}
+here=$(cd "$(dirname "$0")/.." && pwd)
+old=$(mktemp -d /tmp/rvm-live-ab.XXXXXX)
+git -C "$here" worktree add -q --detach "$old" "$before"
+trap 'git -C "$here" worktree remove --force "$old"' EXIT
+export RVM_LIVE_OFFLINE=1
+for round in $(seq "$rounds"); do
+  for case in "640 360" "1280 720" "640 360 --hog"; do
+    set -- $case
+    for tree in before now; do
+      dir=$here; [ $tree = before ] && dir=$old
+      report=$(cd "$dir" && PYTHONPATH=$dir timeout 200 python -m rvm_live bench --live --width "$1" --height "$2" \
+               ${3:-} --seconds 20 --fidelity-frames 0 --fullres fast --json 2>/dev/null)
+      echo "$report" | python -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print(json.dumps({"tree": sys.argv[1], "case": sys.argv[2], "round": int(sys.argv[3]), "fps_out": r["fps_out"],
+                  "p50": r["latency_ms"]["p50"], "p95": r["latency_ms"]["p95"], "dropped": r["frames_dropped"],
+                  "cores": r["cores_used"], "ratios": r["ratio_over_time"]}))' "$tree" "$case" "$round"
+    done
+  done
+done

@@ -1,0 +1,19 @@
+"""The CPU fast path with its full-res stage on one thread or two (the Finisher), interleaved, at a fixed ratio:
+``python scripts/pipeline_ab.py W H RATIO ROUNDS`` prints one JSON line per 20 s live run."""
+
+import json
+import sys
+
+from rvm_live.livebench import run_live_bench
+from rvm_live.stages import inference
+
+width, height, ratio, rounds = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+downsample = ratio if ratio == "auto" else float(ratio)
+for _ in range(rounds):
+    for pipelined in (False, True):
+        inference.PIPELINED = pipelined
+        report = run_live_bench(width=width, height=height, seconds=20, fullres="fast", downsample=downsample,
+                                fidelity_frames=0)
+        print(json.dumps({"pipelined": pipelined, "fps_out": report["fps_out"],
+                          "p50": report["latency_ms"]["p50"], "p95": report["latency_ms"]["p95"],
+                          "dropped": report["frames_dropped"], "cores": report["cores_used"]}), flush=True)
