@@ -335,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--fps", type=float, default=30.0, help="source frame rate")
     live.add_argument("--seconds", type=float, default=20.0, help="how long the source plays")
     live.add_argument("--hog", action="store_true", help="a busy-loop process pinned to core 0 runs beside it")
-    live.add_argument("--fullres", choices=("exact", "fast"), default="exact",
-                      help="full-resolution stage (fast: one OpenCV pass, see fullres.py)")
+    live.add_argument("--fullres", choices=("auto", "exact", "fast"), default="auto",
+                      help="full-resolution stage (fast: one OpenCV pass, see fullres.py; auto: what the daemon "
+                           "picks, fast on the CPU)")
     live.add_argument("--fidelity-frames", type=int, default=90,
                       help="source frames compared against a fixed-quality run (0: skip)")
     return parser

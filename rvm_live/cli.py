@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--chunk", type=int, metavar="T",
                      help="file jobs: frames per network call (0 = auto: 4 on CUDA, else 1)")
     inf.add_argument("--fullres", choices=FULLRES_MODES,
-                     help="full-resolution refine + composite: exact (default) or fast (CPU, live; BENCHMARKS.md)")
+                     help="full-resolution refine + composite: exact, fast (CPU: one OpenCV pass, same result to "
+                          "1e-4) or auto (default: fast for live sources on the CPU, else exact; BENCHMARKS.md)")
     inf.add_argument("--compile", action=argparse.BooleanOptionalAction,
                      help="torch.compile the network (slow first start)")
     comp = p.add_argument_group("compositing")

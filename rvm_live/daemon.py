@@ -19,7 +19,7 @@ from .engine.select import build_engine
 from .errors import ConfigError, PipelineError, RvmLiveError
 from .session import Session
 from .sinks.base import Sink
-from .sources.base import Source
+from .sources.base import Source, create_source
 from .stages.capture import CaptureStage
 from .stages.inference import InferenceStage
 
@@ -40,7 +40,10 @@ class Daemon:
         self.config = config
         specs = stream_configs(config)
         sources, sinks = _by_stream(source, specs, "source"), _by_stream(sinks, specs, "sinks")
-        self.engine = engine if engine is not None else build_engine(config)
+        # made (not opened) before the model loads: a bad spec fails at once, and the engine depends on liveness
+        sources = {sid: sources.get(sid) or create_source(cfg.source, cfg) for sid, cfg in specs}
+        live = all(bool(s.live) for s in sources.values())
+        self.engine = engine if engine is not None else build_engine(config, live=live)
         self.bus = Bus()
         self.stop_event = threading.Event()
         self.failed = threading.Event()  # a stage failed: outputs close without publishing (files stay .part)

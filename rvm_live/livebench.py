@@ -152,11 +152,12 @@ def fidelity(recorded: dict[int, np.ndarray], reference: list[np.ndarray]) -> di
 
 
 def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float = 20.0, hog: bool = False,
-                   fullres: str = "exact", engine: str = "auto", downsample: str | float = "auto",
+                   fullres: str = "auto", engine: str = "auto", downsample: str | float = "auto",
                    threads: int | None = None, fidelity_frames: int = 90, queue_size: int = 1) -> dict[str, Any]:
     """Run the live benchmark and return its report (see the module docstring)."""
     from .bench import bench_frames, encode_clip, machine_info
     from .config import Config
+    from .engine.select import fullres_mode
 
     if seconds <= WARMUP_S:
         raise ValueError(f"seconds must be more than the {WARMUP_S:g} s warm-up, got {seconds!r}")
@@ -186,7 +187,8 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
     report: dict[str, Any] = {
         "machine": machine_info(),
         "settings": {"width": width, "height": height, "fps": fps, "seconds": seconds, "hog": hog,
-                     "fullres": fullres, "engine": engine, "downsample": downsample, "threads": threads,
+                     "fullres": fullres, "fullres_used": fullres_mode(config, live=True), "engine": engine,
+                     "downsample": downsample, "threads": threads,
                      "queue_size": queue_size},
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "cores_used": round(used["cpu_s"] / used["t"], 2),  # CPU time we got per second: what others left us
@@ -211,7 +213,7 @@ def format_live_report(report: dict[str, Any]) -> str:
     ratios = ", ".join(f"{t:g}s: {r}" for t, r in report["ratio_over_time"])
     return "\n".join([
         f"rvm-live bench --live: {s['width']}x{s['height']}@{s['fps']:g} for {s['seconds']:g} s, fullres "
-        f"{s['fullres']}, engine {s['engine']}, downsample {s['downsample']}"
+        f"{s['fullres_used']}, engine {s['engine']}, downsample {s['downsample']}"
         + (", CPU hog on core 0" if s["hog"] else ""),
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
         f"{report['load_average_1min']['before']} -> {report['load_average_1min']['after']}, this process used "

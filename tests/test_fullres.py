@@ -182,6 +182,23 @@ def test_a_failure_in_the_pipelined_full_res_stage_stops_the_run_with_its_cause(
     assert len(record.frames) <= 9 and record.closed >= 1
 
 
+def test_fullres_auto_is_fast_for_live_sources_on_the_cpu_and_exact_for_file_jobs(carphone_path):
+    from rvm_live.engine.select import fullres_mode
+
+    live = Pipeline(Config(source=str(carphone_path), realtime=True, device="cpu", engine="onnxruntime"),
+                    sinks=[RecordingSink(live=True)])
+    job = Pipeline(Config(source=str(carphone_path), device="cpu", engine="onnxruntime"), sinks=[RecordingSink()])
+    try:
+        assert Config().fullres == "auto"
+        assert getattr(live.engine, "fused", False) and isinstance(live.state, FastMatter)
+        assert not getattr(job.engine, "fused", False) and not isinstance(job.state, FastMatter)
+    finally:
+        live.close()
+        job.close()
+    assert fullres_mode(Config(fullres="exact", device="cpu"), live=True) == "exact"  # asked for: kept
+    assert fullres_mode(Config(device="cpu"), live=False) == "exact"
+
+
 def test_fast_fullres_is_a_cpu_option():
     with pytest.raises(ConfigError, match="fullres"):
         Config(fullres="quick")

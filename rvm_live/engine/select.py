@@ -58,9 +58,19 @@ class FusedEngine:
         return state.complete(begun, background, threshold)
 
 
-def build_engine(config: Config) -> Engine | FusedEngine:
-    """The engine ``config`` asks for (backbone, device, dtype, kind), loaded once for all streams."""
-    if config.fullres == "fast":
+def fullres_mode(config: Config, *, live: bool) -> str:
+    """``exact`` or ``fast`` for ``config.fullres``: auto is fast on the CPU when every stream is live (the fast
+    stage matches exact to 1e-4 and doubles the frames there), exact for file jobs (every frame is kept, so
+    speed buys nothing a user sees) and on CUDA (where the exact stage is already cheap)."""
+    if config.fullres != "auto":
+        return config.fullres
+    return "fast" if live and resolve_device(config.device).type == "cpu" else "exact"
+
+
+def build_engine(config: Config, *, live: bool = False) -> Engine | FusedEngine:
+    """The engine ``config`` asks for (backbone, device, dtype, kind), loaded once for all streams; ``live``:
+    whether every stream's source is live (decides ``fullres = "auto"``)."""
+    if fullres_mode(config, live=live) == "fast":
         return FusedEngine(config)
     kind = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
                        device=resolve_device(config.device))
