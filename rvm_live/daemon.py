@@ -194,7 +194,8 @@ class Daemon:
                 "paused": all(s.paused.is_set() for s in self.sessions), "streams": self.streams()}
 
     def _model_info(self) -> dict[str, Any]:
-        return {"backbone": self.engine.backbone, "device": str(self.engine.device)}
+        return {"backbone": self.engine.backbone, "device": str(self.engine.device),
+                "fullres": "fast" if getattr(self.engine, "fused", False) else "exact"}
 
     def stats(self, stream: str | None = None) -> dict[str, Any]:
         """The stats JSON: one stream's (the only one's by default), or, with several streams, totals plus

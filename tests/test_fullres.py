@@ -192,6 +192,7 @@ def test_fullres_auto_is_fast_for_live_sources_on_the_cpu_and_exact_for_file_job
         assert Config().fullres == "auto"
         assert getattr(live.engine, "fused", False) and isinstance(live.state, FastMatter)
         assert not getattr(job.engine, "fused", False) and not isinstance(job.state, FastMatter)
+        assert live.stats()["fullres"] == "fast" and job.stats()["fullres"] == "exact"  # what users see
     finally:
         live.close()
         job.close()
