@@ -152,6 +152,23 @@ def test_every_orientation_a_camera_writes_is_shown_as_players_show_it(tmp_path,
     np.testing.assert_array_equal(_first_frame(path), expected)
 
 
+def test_an_implausible_frame_rate_is_replaced_and_said(tmp_path, caplog):
+    path = tmp_path / "fast.mp4"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=1000)  # what a guess from two timestamps can come out as
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        for _ in range(5):
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 64, 3), np.uint8), format="rgb24")))
+        c.mux(stream.encode(None))
+    caplog.set_level("WARNING", logger="rvm_live")
+    for hint, want in ((None, 30.0), (25.0, 25.0)):
+        source = StreamSource(str(path), fps=hint)
+        source.open()
+        source.close()
+        assert source.fps == want
+    assert f"{path}: frame rate 1000 is not plausible; taking 30 (set --fps to choose)" in caplog.text
+
+
 def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, mobilenet):
     """A VFR file (frames 20 ms and 63 ms apart, 1.66 s in all) comes out as long as it went in, every frame
     at its own time, not retimed to a constant rate."""

@@ -52,7 +52,9 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory, caplog, m
     sink = RecordingSink("vcam-like", live=True)
     config = Config(source=url, side_by_side=True, no_signal_timeout=0.5)
     matter = matter_factory()
-    with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 4.0):
+    with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 4.0) as sender:
+        # packets flow before the source opens: otherwise it starts "waiting", with the no-signal card out
+        sender.result(60)
         pipeline = Pipeline(config, matter=matter, sinks=[sink])
         resets = count_resets(pipeline.state, monkeypatch)
         pipeline.start()

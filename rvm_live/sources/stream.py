@@ -36,14 +36,16 @@ READ_TIMEOUT_S = 5.0
 MAX_PACING_SLEEP_S = 1.0
 DEFAULT_FPS = 30.0
 
-# Probing a live stream for seconds before the first frame is latency the user sees; these keep the
-# demuxer from buffering while still finding SPS/PPS for the usual H.264 stream.
+# Probing a live stream is latency the user sees at every (re)connection. About one frame of probe finds the
+# SPS/PPS of the usual H.264 stream, and the packets read while probing are kept: "nobuffer" would throw them
+# away, keyframe included, so that the first picture waited for the next keyframe, a GOP later. Measured
+# (BENCHMARKS.md): first picture 1.40 s -> 0.12 s after an RTMP publisher connects, 0.47 -> 0.22 s for UDP.
 _LIVE_OPTIONS = {
-    "fflags": "nobuffer",
     "flags": "low_delay",
     "probesize": "500000",
-    "analyzeduration": "1000000",
+    "analyzeduration": "33000",
 }
+FPS_RANGE = (1.0, 300.0)  # a rate outside this is a guess gone wrong (a short probe of a stream without timing)
 _SCHEME_OPTIONS = {
     "rtsp": {"rtsp_transport": "tcp", "timeout": str(int(READ_TIMEOUT_S * 1e6))},
     "rtmp": {"rw_timeout": str(int(READ_TIMEOUT_S * 1e6))},
@@ -160,13 +162,7 @@ class StreamSource:
         if not self.is_network:
             return {}
         scheme = url_scheme(self.target) or ""
-        options = {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
-        if self.connectionless:  # resume fast: the first keyframe's SPS is all the probe needs (~one frame),
-            options["analyzeduration"] = "33000"
-            # and "nobuffer" would throw that keyframe away with the probed packets: the first picture would
-            # wait for the next keyframe, a GOP later
-            del options["fflags"]
-        return options
+        return {**_LIVE_OPTIONS, **_SCHEME_OPTIONS.get(scheme, {})}
 
     def open(self) -> None:
         """Open (or reopen, after a failure) the file or URL and pick its first video stream.
@@ -191,8 +187,11 @@ class StreamSource:
         self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        self.fps = float(rate) if rate else (self._fps_hint or DEFAULT_FPS)
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        self.fps = rate if FPS_RANGE[0] <= rate <= FPS_RANGE[1] else (self._fps_hint or DEFAULT_FPS)
+        if rate and rate != self.fps:
+            log.warning("%s: frame rate %g is not plausible; taking %g (set --fps to choose)", self.target, rate,
+                        self.fps)
         self._declared = _declared_frames(stream, self.fps)
         self._container = container
         self._frames = container.decode(stream)
