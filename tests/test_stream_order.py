@@ -80,6 +80,9 @@ class FakeCuda(TorchDispatchMode):
         self.writes: dict[int, tuple[Clocked, int]] = {}
         self.reads: dict[int, dict[int, tuple[Clocked, int]]] = {}
         self.allocated_on: dict[int, Clocked] = {}
+        # every storage seen allocated is kept alive for the test's length: storages are known by address, and a
+        # freed one's address reused by memory made outside this mode would inherit its stream (a false error)
+        self._alive: list[torch.UntypedStorage] = []
         self.recorded: dict[int, set[int]] = {}
         self.host_memory: set[int] = set()  # pinned buffers and tensors made from numpy arrays
         self.capturing: FakeGraph | None = None
@@ -141,6 +144,7 @@ class FakeCuda(TorchDispatchMode):
                 if not host_op:
                     self.host_memory.discard(k)
                 self.allocated_on[k] = stream
+                self._alive.append(t.untyped_storage())
                 self.writes.pop(k, None)
                 self.reads.pop(k, None)
             written.add(k)
