@@ -70,17 +70,14 @@ def _http_error(status: int, message: str, headers: dict[str, str] | None = None
 
 
 def _check_token(handler: BaseHTTPRequestHandler, *, allow_query: bool) -> None:
+    """The control API's own bearer-token rule (``_authorize``); with ``allow_query``, ``?token=`` also counts
+    (an ``<img>`` or a media player cannot send headers)."""
     token = handler.server.app.token  # type: ignore[attr-defined]
-    if token is None:
-        return
-    scheme, _, given = (handler.headers.get("Authorization") or "").partition(" ")
-    candidates = [given.strip()] if scheme.lower() == "bearer" else []
-    if allow_query:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)
-        candidates += query.get("token", [])
-    if not any(hmac.compare_digest(c.encode(), token.encode()) for c in candidates):
-        _drain(handler, _content_length(handler))
-        raise _http_error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+    if token is not None and allow_query:
+        given = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query).get("token", [])
+        if any(hmac.compare_digest(g.encode(), token.encode()) for g in given):
+            return
+    handler._authorize()  # type: ignore[attr-defined]
 
 
 def _static_path(name: str) -> Path:
