@@ -35,7 +35,7 @@ STEP_S = 4.0  # one fault every STEP_S seconds
 RECOVERY_S = 30.0  # how long frames may take to flow again after a fault before it counts as not survived
 
 
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -209,14 +209,14 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
     """Run the chaos soak for ``seconds``; returns the report (see the module docstring)."""
     work = Path(tempfile.mkdtemp(prefix="rvm-chaos-"))
     assets = _make_assets(work)
-    src = f"udp://127.0.0.1:{_free_port(socket.SOCK_DGRAM)}"
-    rtmp = _SilentServer(_free_port())
-    outputs = ["null", f"rtmp://127.0.0.1:{rtmp.port}/live", f"udp://127.0.0.1:{_free_port(socket.SOCK_DGRAM)}"]
+    src = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    rtmp = _SilentServer(free_port())
+    outputs = ["null", f"rtmp://127.0.0.1:{rtmp.port}/live", f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"]
     config = work / "chaos.toml"
     _write_config(config, src, outputs)
     sender = _Sender(src + "?pkt_size=1316")
     sender.start()
-    daemon = _Daemon(config, _free_port(), work / "daemon.log")
+    daemon = _Daemon(config, free_port(), work / "daemon.log")
     faults: dict[str, dict[str, int]] = {}
     samples: list[dict[str, Any]] = []
     start = time.monotonic()

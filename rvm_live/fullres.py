@@ -140,7 +140,8 @@ class Begun(NamedTuple):
 
 
 class FastMatter:
-    """Streaming matting with the fast full-resolution stage (CPU): uint8 frame in, composite out.
+    """Streaming matting with the fast full-resolution stage (CPU): uint8 frame in (``begin``), composite out
+    (``complete``).
 
     Holds the recurrent state like :class:`~rvm_live.matting.Matter` (reset on a new frame size or on
     request) and exposes what the pipeline reads from one (``device``, ``dtype``, ``engine``, ``backbone``,
@@ -222,11 +223,6 @@ class FastMatter:
         self.fullres.threshold = threshold
         out = self.fullres(begun.image[None], begun.coeffs, background, floats=begun.floats[None])
         return out.image[0], out.alpha[0]
-
-    def step(self, image: np.ndarray, background: BackgroundLike,
-             threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Matte and composite one frame: ``(image H x W x 3|4, alpha H x W)`` uint8."""
-        return self.complete(self.begin(image), background, threshold)
 
 
 def fast_matter(config) -> FastMatter:

@@ -3,39 +3,15 @@
 publishing 640x360 noise at 30 fps; the settings are interleaved within each round."""
 
 import multiprocessing as mp
-import socket
 import sys
 import time
 
-import numpy as np
+from udp_resume import send_noise  # scripts/ is on the path when a script runs
 
 from rvm_live._av import av
+from rvm_live.chaos import free_port
 
 SETTINGS = [("nobuffer", "1000000"), ("", "1000000"), ("", "200000"), ("", "33000"), ("nobuffer", "33000")]
-
-
-def publish(url, stop, out):
-    from rvm_live.config import Config
-    from rvm_live.frame import Frame
-    from rvm_live.sinks.stream import StreamSink
-
-    rng = np.random.default_rng(0)
-    time.sleep(1.0)  # the listener is up by then
-    sink = StreamSink(url, Config())
-    sink.open(640, 360, 30.0)
-    out.put(time.time())
-    index = 0
-    while not stop.is_set():
-        sink.write(Frame(index, time.monotonic_ns(), "p", rng.integers(0, 256, (360, 640, 3), np.uint8)))
-        index += 1
-        time.sleep(1 / 30)
-    sink.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
@@ -45,7 +21,7 @@ if __name__ == "__main__":
         for fflags, probe in SETTINGS:
             url = f"rtmp://127.0.0.1:{free_port()}/live/x"
             stop, out = spawn.Event(), spawn.Queue()
-            publisher = spawn.Process(target=publish, args=(url, stop, out))
+            publisher = spawn.Process(target=send_noise, args=(url, stop, out))
             publisher.start()
             options = {"listen": "1", "probesize": "500000", "analyzeduration": probe, "flags": "low_delay"}
             if fflags:

@@ -16,20 +16,18 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
+from rvm_live.chaos import free_port
 from rvm_live.errors import SourceError, SourceNotReady
 from rvm_live.sources.stream import StreamSource
 
 
-def _port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sender(url: str, stop: threading.Event) -> None:
+def send_noise(url: str, stop: threading.Event, opened: Any = None) -> None:
+    """Child process: 640x360 noise at 30 fps through rvm-live's own StreamSink until ``stop``; puts the wall
+    clock on ``opened`` (a queue) once connected."""
     from rvm_live.config import Config
     from rvm_live.frame import Frame
     from rvm_live.sinks.stream import StreamSink
@@ -37,6 +35,8 @@ def _sender(url: str, stop: threading.Event) -> None:
     rng = np.random.default_rng(0)
     sink = StreamSink(url, Config())
     sink.open(640, 360, 30.0)
+    if opened is not None:
+        opened.put(time.time())
     index = 0
     while not stop.is_set():
         image = rng.integers(0, 256, (360, 640, 3), np.uint8)
@@ -63,7 +63,7 @@ def _relay(inbound: int, outbound: int, first: list[float], stop: threading.Even
 
 def main(rounds: int = 5) -> dict[str, object]:
     spawn = mp.get_context("spawn")
-    target, relay_port = _port(), _port()
+    target, relay_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     source = StreamSource(f"udp://127.0.0.1:{target}", read_timeout=1.0)
     stop_relay = threading.Event()
     resumes = []
@@ -73,7 +73,7 @@ def main(rounds: int = 5) -> dict[str, object]:
             relay = threading.Thread(target=_relay, args=(relay_port, target, first, stop_relay), daemon=True)
             relay.start()
             stop = spawn.Event()
-            sender = spawn.Process(target=_sender, args=(f"udp://127.0.0.1:{relay_port}?pkt_size=1316", stop))
+            sender = spawn.Process(target=send_noise, args=(f"udp://127.0.0.1:{relay_port}?pkt_size=1316", stop))
             sender.start()
             while True:  # the capture stage's reconnection loop
                 try:

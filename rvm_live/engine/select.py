@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class FusedEngine:
-    """The CPU's fast full-resolution path: ``matte(image, state, background, threshold)`` per stream gives
-    the output picture directly (no device tensors); the states are ``FastMatter`` objects."""
+    """The CPU's fast full-resolution path: ``complete(begin(image, state), state, background, threshold)`` per
+    stream gives the output picture directly (no device tensors); the states are ``FastMatter`` objects."""
 
     fused = True
 
@@ -41,20 +41,16 @@ class FusedEngine:
         return self._make(self._config.replace(downsample=downsample))
 
     @staticmethod
-    def matte(image: np.ndarray, state: FastMatter, background: Any,
-              threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(image H x W x 3|4, alpha H x W)`` uint8 for one frame of the stream whose state is ``state``."""
-        return state.step(image, background, threshold)
-
-    @staticmethod
     def begin(image: np.ndarray, state: FastMatter) -> Begun:
-        """``matte`` in two halves: the network (in frame order, on the inference thread) ..."""
+        """A frame of the stream whose state is ``state``, in two halves: the network (in frame order, on the
+        inference thread) ..."""
         return state.begin(image)
 
     @staticmethod
     def complete(begun: Begun, state: FastMatter, background: Any,
                  threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-        """... then the full-resolution stage, which may overlap the next frame's network (another thread)."""
+        """... then the full-resolution stage, which may overlap the next frame's network (another thread):
+        ``(image H x W x 3|4, alpha H x W)`` uint8."""
         return state.complete(begun, background, threshold)
 
 

@@ -79,7 +79,6 @@ class Datagrams:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
-        self.last_arrival = 0.0  # monotonic time of the newest datagram
 
     # ----- the socket ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,15 +141,13 @@ class Datagrams:
                     log.debug("%s: receive failed: %s", self.url, exc)
                     time.sleep(POLL_S)
                 continue
-            now = time.monotonic()
             with self._ready:
-                self._chunks.append((now, data))
+                self._chunks.append((time.monotonic(), data))
                 self._held += len(data)
                 while self._held > self.capacity:
                     _, old = self._chunks.popleft()
                     self._held -= len(old)
                     self.dropped += len(old)
-                self.last_arrival = now
                 self._ready.notify_all()
 
     def close(self) -> None:

@@ -38,7 +38,7 @@ class InferenceStage:
     """``run()`` is the thread body. ``engine.step(images, states)`` mattes one frame per state."""
 
     def __init__(self, sessions: list[Session], engine: Any, *, stop: threading.Event, bus: Bus,
-                 doorbell: threading.Event, batch_wait_s: float = BATCH_WAIT_S, pipelined: bool | None = None) -> None:
+                 doorbell: threading.Event, batch_wait_s: float = BATCH_WAIT_S) -> None:
         self.sessions = sessions
         self.engine = engine
         self.stop = stop
@@ -48,15 +48,13 @@ class InferenceStage:
         self._held: dict[str, Frame | EndOfStream] = {}  # taken from a queue, not yet processed
         self._generation: dict[str, int | None] = {s.id: None for s in sessions}
         self._download = Download()  # this thread's pinned host buffer
-        # the CPU fast path's second half (full-res stage, fan-out) on its own thread: see Finisher
-        self.pipelined = PIPELINED if pipelined is None else pipelined
-        self._finisher: Finisher | None = None
+        self._finisher: Finisher | None = None  # the CPU fast path's second half on its own thread (run())
         self.batches = 0  # network calls made
         self.batched_frames = 0  # frames that went through them
 
     def run(self) -> None:
         active = list(self.sessions)
-        if getattr(self.engine, "fused", False) and self.pipelined:
+        if getattr(self.engine, "fused", False) and PIPELINED:
             self._finisher = Finisher(self)
         try:
             while active and not self.stop.is_set():
@@ -138,24 +136,27 @@ class InferenceStage:
             for members in groups.values():
                 outputs += self._matte_batch(members)
             return self._fan_out(outputs)
+        if outputs:  # paused streams' frames: nothing left to compute
+            self._finisher.submit(lambda: outputs)
         for members in groups.values():
             started = time.perf_counter()
-            finish = self._begin_fused(members)
-            self._finisher.submit(lambda done=outputs, finish=finish: done + finish())
-            outputs = []
+            self._finisher.submit(self._begin_fused(members))
             # the governor sees what a frame costs the pipeline: the network, plus any wait for the full-res
             # stage of the frame before (the slower half sets the rate)
             self._observe(members, (time.perf_counter() - started) * 1000)
-        if outputs:
-            self._finisher.submit(lambda done=outputs: done)
         return not self._finisher.stopped
 
     def _deliver(self, work: Any) -> None:
         """Run ``work`` (a stream's end) after every frame before it reached the outputs."""
         if self._finisher is None:
             work()
-        else:
-            self._finisher.submit(lambda: (work(), [])[1])
+            return
+
+        def job() -> list:
+            work()
+            return []
+
+        self._finisher.submit(job)
 
     def _fan_out(self, outputs: list[tuple[Session, list[Frame]]]) -> bool:
         for session, frames in outputs:
@@ -315,10 +316,8 @@ class Finisher:
         self._thread = threading.Thread(target=self._run, name="rvm-finish", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Any) -> float:
-        """Hand over ``job`` (a callable returning ``[(session, frames)]``) once the previous one is done;
-        returns the ms spent waiting for that."""
-        started = time.perf_counter()
+    def submit(self, job: Any) -> None:
+        """Hand over ``job`` (a callable returning ``[(session, frames)]``) once the previous one is done."""
         with self._cond:
             while self._job is not None and not self.stopped:
                 if self.stage.stop.is_set():
@@ -329,7 +328,6 @@ class Finisher:
             if not self.stopped:
                 self._job = job
                 self._cond.notify_all()
-        return (time.perf_counter() - started) * 1000
 
     def drain(self) -> None:
         """Wait until the job handed over is done (and raise its error if it failed)."""
