@@ -68,16 +68,6 @@ class QualityChanged(Event):
     reason: str
 
 
-@dataclass(frozen=True)
-class StepTiming(Event):
-    """How long one network step took for a stream, against its frame interval (posted by the inference stage
-    for observers; the stage feeds its governor directly, on the same thread)."""
-
-    step_ms: float
-    interval_ms: float
-    ratio: float
-
-
 Handler = Callable[[Event], None]
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .bus import QualityChanged
 from .engine.state import resize_state, state_sizes
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,9 @@ def ladder_ratios(height: int, width: int, top_ratio: float, ladder_px: Sequence
     return ratios
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A change of rung: the new ratio, the one it replaces, and why."""
-
-    ratio: float
-    previous: float
-    step_ms: float
-    reason: str
-
-
 class Governor:
-    """Per stream. ``observe(step_ms, now)`` after every frame; returns a ``Decision`` when the ratio changes.
+    """Per stream. ``observe(step_ms, now)`` after every frame; returns the ``QualityChanged`` event to post (for
+    ``stream_id``) when the ratio changes.
 
     ``interval_ms`` is the source's frame interval; ``budget_ms`` the latency budget (a step that alone
     exceeds it can never meet it). ``headroom`` is the fraction of the interval that the rung above must be
@@ -63,7 +54,7 @@ class Governor:
 
     def __init__(self, ratios: Sequence[float], *, interval_ms: float, budget_ms: float = 100.0,
                  dwell_s: float = 2.0, up_dwell_s: float = 5.0, headroom: float = 0.85, start: int = 0,
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, stream_id: str | None = None) -> None:
         if not ratios:
             raise ValueError("the ladder needs at least one ratio")
         self.ratios = list(ratios)
@@ -77,12 +68,13 @@ class Governor:
         self._since: float | None = None  # time of the last change (or the first observation)
         self._skip = WARMUP_STEPS
         self.size = size  # the frame size the ladder was made for
+        self.stream_id = stream_id
 
     @property
     def ratio(self) -> float:
         return self.ratios[self.rung]
 
-    def observe(self, step_ms: float, now: float) -> Decision | None:
+    def observe(self, step_ms: float, now: float) -> QualityChanged | None:
         """Account one frame's inference time; maybe change rung (up: one at a time)."""
         if self._since is None:
             self._since = now
@@ -117,11 +109,11 @@ class Governor:
         known, when = self.cost_ms.get(rung, (0.0, -MEMORY_S))
         return max(scaled, known) if now - when < MEMORY_S else scaled
 
-    def _move(self, delta: int, now: float, reason: str) -> Decision:
+    def _move(self, delta: int, now: float, reason: str) -> QualityChanged:
         previous = self.ratio
         self.rung += delta
         self._since, self._skip = now, WARMUP_STEPS
-        decision = Decision(self.ratio, previous, self.mean_ms or 0.0, reason)
+        decision = QualityChanged(self.stream_id, self.ratio, previous, self.mean_ms or 0.0, reason)
         self.mean_ms = None
         return decision
 

@@ -79,11 +79,8 @@ def controller():
 
 
 @pytest.fixture
-def server(controller, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
-    srv = ControlServer(controller, "127.0.0.1", 0).start()
-    yield srv
-    srv.close()
+def server(controller, start_control):
+    return start_control(controller)
 
 
 def test_health_and_stats(server):

@@ -24,10 +24,8 @@ def controller():
 
 
 @pytest.fixture
-def server(controller):
-    srv = ControlServer(controller, "127.0.0.1", 0).start()
-    yield srv
-    srv.close()
+def server(controller, start_control):
+    return start_control(controller)
 
 
 @pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"bg": ' + b"[" * 40 + b'"red"' + b"]" * 40 + b"}",

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rvm_live.control import TOKEN_ENV, ControlServer
 from rvm_live.frame import Frame
 from rvm_live.sinks.base import create_sink
 from rvm_live.sinks.mjpeg import MjpegTap, encode_jpeg
@@ -73,16 +72,14 @@ def controller():
 
 
 @pytest.fixture
-def server(controller, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
-    srv = ControlServer(controller, "127.0.0.1", 0, token=TOKEN).start()
+def server(controller, start_control):
+    srv = start_control(controller, TOKEN)
     feeder = Feeder(controller.tap)
     feeder.thread.start()
     yield srv
     feeder.stop.set()
     feeder.thread.join(2)
     controller.tap.close()
-    srv.close()
 
 
 def call(server, method, path, body=None, headers=None):
@@ -183,7 +180,8 @@ def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(serv
     time.sleep(0.3)
     assert tap.seq > 10 and tap.encoded == 0  # frames flow, nobody watches: nothing encoded
     parts, elapsed = count_parts(server, "/stream.mjpg")
-    assert tap.encoded >= parts
+    # encoded for the watcher, not for every frame written (the feeder writes 100 per second)
+    assert parts <= tap.encoded <= parts + 3
     # the feeder writes 100 frames/s; the client gets at most the preview's cap (slowness only lowers it)
     assert parts <= PREVIEW_FPS * elapsed + 2
 

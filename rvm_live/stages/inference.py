@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bus import Bus, EndOfStreamEvent, QualityChanged, StepTiming
+from ..bus import Bus, EndOfStreamEvent
 from ..compositing import composite
 from ..engine.transfer import Download
 from ..frame import END, EndOfStream, Frame
@@ -216,11 +216,10 @@ class InferenceStage:
         return complete
 
     def _observe(self, members: list[tuple[Session, Frame, np.ndarray]], step_ms: float) -> None:
-        """Count the call, post its timing and let the governor see it."""
+        """Count the call and let the governor see its time."""
         self.batches += 1
         self.batched_frames += len(members)
         for session, _, image in members:
-            self.bus.post(StepTiming(session.id, step_ms, 1000 / session.fps, float(session.state.ratio or 1.0)))
             self._govern(session, image, step_ms)
 
     def _govern(self, session: Session, image: np.ndarray, step_ms: float) -> None:
@@ -232,13 +231,13 @@ class InferenceStage:
             setting = session.config.downsample
             top = auto_downsample_ratio(height, width) if setting == "auto" else float(setting)
             session.governor = Governor(ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
-                                        budget_ms=session.config.latency_budget, size=(height, width))
-        decision = session.governor.observe(step_ms, time.monotonic())
-        if decision is not None:
-            session.state.set_ratio(decision.ratio)
+                                        budget_ms=session.config.latency_budget, size=(height, width),
+                                        stream_id=session.id)
+        change = session.governor.observe(step_ms, time.monotonic())
+        if change is not None:
+            session.state.set_ratio(change.ratio)
             session.quality_changes += 1
-            self.bus.post(QualityChanged(session.id, decision.ratio, decision.previous, decision.step_ms,
-                                         decision.reason))
+            self.bus.post(change)
 
     def _matte_chunk(self, session: Session, frames: list[Frame]) -> list[tuple[Session, list[Frame]]]:
         images = [session.input_image(f) for f in frames]
