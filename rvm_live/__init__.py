@@ -8,8 +8,6 @@ loads torch at all.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkError, SourceError, WeightsError
@@ -17,9 +15,9 @@ from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkEr
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Matter": "matting", "auto_downsample_ratio": "matting", "matting": "matting",
+    "Matter": "engine.matter", "auto_downsample_ratio": "engine.matter", "matting": "engine.matter",
     "MattingNetwork": "model.network", "find_weights": "weights", "load_model": "weights",
-    "Engine": "engine", "StreamState": "engine", "Daemon": "daemon",
+    "Engine": "engine", "StreamState": "engine", "Daemon": "runtime.daemon",
 }
 
 __all__ = [
@@ -53,21 +51,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """``rvm_live.matting`` is the function (as before), although a submodule has the same name: importing
-    the submodule sets the package attribute, which this property turns away."""
-
-    @property
-    def matting(self) -> Any:
-        from .matting import matting
-
-        return matting
-
-    @matting.setter
-    def matting(self, value: Any) -> None:
-        pass  # the import system binding the submodule: rvm_live.matting stays the function
-
-
-sys.modules[__name__].__class__ = _Package

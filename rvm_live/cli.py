@@ -201,9 +201,9 @@ def run(argv: list[str]) -> int:
     except RvmLiveError as exc:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
-    from .control import ControlServer, parse_address, read_token_file
-    from .daemon import Daemon as Pipeline
     from .progress import start_progress
+    from .runtime.daemon import Daemon as Pipeline
+    from .serve.control import ControlServer, parse_address, read_token_file
 
     pipeline = server = progress = None
     restore = lambda: None  # noqa: E731
@@ -265,8 +265,8 @@ def _finish(pipeline: Any, config: Config, code: int) -> int:
 
 def devices(argv: list[str]) -> int:
     """List capture cameras and virtual-camera (v4l2loopback) devices."""
-    from .sinks.vcam import loopback_devices
-    from .sources.camera import list_cameras
+    from .io.sinks.vcam import loopback_devices
+    from .io.sources.camera import list_cameras
 
     cams = list_cameras()
     print("cameras:" if cams else "cameras: none found")
@@ -281,7 +281,7 @@ def devices(argv: list[str]) -> int:
 
 def doctor(argv: list[str]) -> int:
     """Check the virtual-camera setup and print the exact fix for anything missing."""
-    from .sinks.vcam import doctor as vcam_doctor
+    from .io.sinks.vcam import doctor as vcam_doctor
 
     checks = vcam_doctor()
     for check in checks:
@@ -292,12 +292,12 @@ def doctor(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    """``rvm-live bench``: see ``rvm_live.bench`` (``--live``: ``livebench``; ``--streams``: ``streambench``)."""
+    """``rvm-live bench``: see ``rvm_live.tools.bench`` (``--live``: ``livebench``; ``--streams``: ``streambench``)."""
     if any(a == "--streams" or a.startswith("--streams=") for a in argv):
-        from . import streambench
+        from .tools import streambench
 
         return streambench.main(argv)
-    from . import bench as bench_module
+    from .tools import bench as bench_module
 
     return bench_module.main(argv)
 

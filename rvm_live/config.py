@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .colors import parse_color
+from .compositing.colors import parse_color
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):

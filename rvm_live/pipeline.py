@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Config
-from .daemon import Daemon
+from .engine.matter import Matter
 from .frame import Frame
-from .matting import Matter
-from .session import default_outputs
-from .sinks.base import Sink
-from .sources.base import Source
-from .stages.inference import InferenceStage
+from .io.sinks.base import Sink
+from .io.sources.base import Source
+from .runtime.daemon import Daemon
+from .runtime.inference import InferenceStage
+from .runtime.session import default_outputs
 
 __all__ = ["Pipeline", "default_outputs", "run_pipeline"]
 

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ._av import av
+from .io._av import av
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ step pip 30 python3 -m pip install --no-deps --target "$SITE" --find-links .gpu-
     av pyvirtualcam platformdirs pytest pluggy iniconfig packaging pygments
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 step pytest_gpu 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-step gpu_check 210 python3 -m rvm_live.gpu_check --skip-tests --out "$OUT/gpu_check.json"
+step gpu_check 210 python3 -m rvm_live.tools.gpu_check --skip-tests --out "$OUT/gpu_check.json"
 # the daemon itself on CUDA: a file played as a live source (realtime: the capture-to-sink latency a camera
 # would see) and as fast as it goes (file throughput), at 720p and 1080p; 240 frames = 8 s at 30 fps
-step clips 60 python3 -c "from pathlib import Path; from rvm_live.bench import bench_frames, encode_clip
+step clips 60 python3 -c "from pathlib import Path; from rvm_live.tools.bench import bench_frames, encode_clip
 for w, h in ((1280, 720), (1920, 1080)): encode_clip(bench_frames(w, h, 240), Path(f'/tmp/rvm-gpu-{w}x{h}.mp4'))"
 for size in 1280x720 1920x1080; do
     clip=/tmp/rvm-gpu-$size.mp4

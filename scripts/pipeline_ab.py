@@ -4,8 +4,8 @@
 import json
 import sys
 
-from rvm_live.livebench import run_live_bench
-from rvm_live.stages import inference
+from rvm_live.runtime import inference
+from rvm_live.tools.livebench import run_live_bench
 
 width, height, ratio, rounds = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 downsample = ratio if ratio == "auto" else float(ratio)

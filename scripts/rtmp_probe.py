@@ -8,8 +8,8 @@ import time
 
 from udp_resume import send_noise  # scripts/ is on the path when a script runs
 
-from rvm_live._av import av
-from rvm_live.chaos import free_port
+from rvm_live.io._av import av
+from rvm_live.tools.chaos import free_port
 
 SETTINGS = [("nobuffer", "1000000"), ("", "1000000"), ("", "200000"), ("", "33000"), ("nobuffer", "33000")]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from rvm_live.chaos import free_port
 from rvm_live.errors import SourceError, SourceNotReady
-from rvm_live.sources.stream import StreamSource
+from rvm_live.io.sources.stream import StreamSource
+from rvm_live.tools.chaos import free_port
 
 
 def send_noise(url: str, stop: threading.Event, opened: Any = None) -> None:
@@ -30,7 +30,7 @@ def send_noise(url: str, stop: threading.Event, opened: Any = None) -> None:
     clock on ``opened`` (a queue) once connected."""
     from rvm_live.config import Config
     from rvm_live.frame import Frame
-    from rvm_live.sinks.stream import StreamSink
+    from rvm_live.io.sinks.stream import StreamSink
 
     rng = np.random.default_rng(0)
     sink = StreamSink(url, Config())

@@ -58,7 +58,7 @@ def fake_backends():
 def start_control(monkeypatch):
     """``start_control(controller, token=None)``: a real ``ControlServer`` on a free 127.0.0.1 port, closed at
     the test's end; an ``RVM_LIVE_CONTROL_TOKEN`` in the environment never leaks in."""
-    from rvm_live.control import TOKEN_ENV, ControlServer
+    from rvm_live.serve.control import TOKEN_ENV, ControlServer
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     started = []

@@ -72,7 +72,7 @@ def send_ramp(url: str, size: tuple[int, int], seconds: float, stop: Any, out: A
 def _send(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any, colour: Any) -> None:
     from rvm_live.config import Config
     from rvm_live.frame import Frame
-    from rvm_live.sinks.stream import StreamSink
+    from rvm_live.io.sinks.stream import StreamSink
 
     width, height = size
     image = np.empty((height, width, 3), np.uint8)
@@ -94,7 +94,7 @@ def _send(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any, 
 def try_open_sink(url: str, stop: Any, out: Any) -> None:
     """Child process: open a StreamSink at ``url`` and report the error type and message."""
     from rvm_live.config import Config
-    from rvm_live.sinks.stream import StreamSink
+    from rvm_live.io.sinks.stream import StreamSink
 
     try:
         StreamSink(url, Config()).open(176, 144, 30.0)

@@ -106,7 +106,7 @@ def test_sigterm_during_a_file_job_leaves_a_playable_file(tmp_path, carphone_pat
 def test_every_preset_loads(name):
     config = load_toml(name)
     assert isinstance(config, Config)
-    from rvm_live.compositing import check_background
+    from rvm_live.compositing.backgrounds import check_background
     from rvm_live.config import stream_configs
 
     for _, stream in stream_configs(config):  # a preset may describe several streams

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..matting import matting
+from ..engine.matter import matting
 from ..weights import BACKBONES
 from . import runtime
 

@@ -1,7 +1,7 @@
 """The inference engine: the model on its device, uploads and downloads, recurrent state per stream.
 
 ``Engine`` runs B streams per network call, each with its own ``StreamState``; ``Matter`` and ``matting()``
-(rvm_live.matting) are single-stream users of it."""
+(rvm_live.engine.matter) are single-stream users of it."""
 
 from .core import Engine, StepOutput
 from .state import StreamState, resize_state, state_sizes

@@ -37,7 +37,7 @@ MAX_GRAPHS = 4  # captured graphs kept (least recently used dropped): each holds
 
 def uses_cuda(device: torch.device) -> bool:
     """Whether ``device`` takes the CUDA path (side stream, pinned uploads, graphs). One place, so that
-    tests/test_stream_order.py can walk that path on the CPU with recording stand-ins for the CUDA API."""
+    tests/engine/test_stream_order.py can walk that path on the CPU with recording stand-ins for the CUDA API."""
     return device.type == "cuda"
 
 

@@ -39,7 +39,7 @@ def graph_body(call: Callable[..., tuple[Tensor, ...]], frame: Tensor, state: li
                dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """What a graph captures: the uint8 ``frame`` buffer → network → new state written back into the
     ``state`` buffers; returns ``fgr, pha, src``. Everything in it must be capturable: no tensor made from
-    host data, no sync (tests/test_capture_safety.py runs it under a trap on the CPU)."""
+    host data, no sync (tests/runtime/test_capture_safety.py runs it under a trap on the CPU)."""
     src = to_model_input(frame, dtype)
     fgr, pha, *rec = call(src, *state)
     for buffer, new in zip(state, rec):

@@ -1,6 +1,6 @@
 """The daemon's engine for a Config: one ``Engine`` shared by every stream, or, for ``fullres = "fast"`` on
 the CPU, a ``FusedEngine`` whose per-stream states run the network to low-resolution coefficients and blend
-at full resolution in one OpenCV pass (rvm_live/fullres.py)."""
+at full resolution in one OpenCV pass (rvm_live/engine/fullres.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .core import Engine
 from .loading import pick_engine, resolve_device
 
 if TYPE_CHECKING:
-    from ..fullres import Begun, FastMatter
+    from .fullres import Begun, FastMatter
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class FusedEngine:
     fused = True
 
     def __init__(self, config: Config) -> None:
-        from ..fullres import fast_matter
+        from .fullres import fast_matter
 
         self._make = fast_matter
         self._config = config

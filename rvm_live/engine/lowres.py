@@ -1,0 +1,147 @@
+"""The network without its full-resolution part: low-resolution guided-filter coefficients ``A, b``.
+
+RVM's last step (the deep guided filter) fits ``y = A·x + b`` per pixel at the network's internal size and
+applies it at the frame's size: ``fgr = A_rgb·x + b_rgb + x`` and ``pha = A_α·mean(x) + b_α`` with ``A, b``
+bilinearly upsampled. At 720p that full-resolution part, done by the network engine in float tensors,
+costs as much as the network itself on a 2-core CPU. The engines here stop before it and return the
+low-resolution ``A, b`` (``[B,4,h,w]`` each); :mod:`rvm_live.engine.fullres` applies them in one cheap pass.
+
+- :class:`OrtCoefficients`: the official ONNX export cut with the ``onnx`` package so that it takes the
+  already-downsampled frame and outputs ``A, b`` instead of ``fgr, pha`` (the graph is found by its
+  structure, not by node names, and the cut is made in memory at load time; nothing is cached).
+- :class:`TorchCoefficients`: our ``MattingNetwork`` run up to ``refiner.coefficients()``.
+- :func:`downsample`: the uint8 frames to the network's input size, as the export's own bilinear resize.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+State = list  # four recurrent state arrays/tensors (None or a 1x1x1x1 zero array: a fresh stream)
+
+
+def internal_size(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """The network's internal ``(h, w)`` for a frame and ratio (floor, as the export's Resize and torch)."""
+    return max(1, math.floor(height * ratio)), max(1, math.floor(width * ratio))
+
+
+def downsample(frames: np.ndarray, ratio: float) -> np.ndarray:
+    """uint8 ``[B,H,W,3]`` (or the same as float32 0..255) → float32 ``[B,3,h,w]`` in 0..1, bilinear with
+    half-pixel centres (no antialias), as the official export resizes its input; ``ratio`` 1 converts only."""
+    _, height, width, _ = frames.shape
+    h, w = internal_size(height, width, ratio)
+    out = np.empty((frames.shape[0], 3, h, w), np.float32)
+    for i, frame in enumerate(frames):
+        small = frame if (h, w) == (height, width) else cv2.resize(frame.astype(np.float32, copy=False), (w, h),
+                                                                     interpolation=cv2.INTER_LINEAR)
+        out[i] = small.transpose(2, 0, 1)
+    out *= np.float32(1 / 255)
+    return out
+
+
+def _producers(graph) -> dict[str, object]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def find_cut(graph) -> tuple[str, str, str]:
+    """``(small_src, A, b)``: tensor names in an RVM export: the resized input, and the low-resolution
+    coefficients that the final ``Mul``/``Add`` apply after their ``Resize`` to full size."""
+    prod = _producers(graph)
+    try:
+        split = prod[prod["pha"].input[0]]  # pha = Clip(Split(A↑·x + b↑)[1])
+        add = prod[split.input[0]]
+        ins = [prod[name] for name in add.input]
+        mul = next(n for n in ins if n.op_type == "Mul")
+        b_resize = next(n for n in ins if n.op_type == "Resize")
+        a_resize = next(prod[name] for name in mul.input if name in prod and prod[name].op_type == "Resize")
+        small = next(n.output[0] for n in graph.node if n.op_type == "Resize" and n.input[0] == "src")
+    except (KeyError, StopIteration) as exc:
+        raise ValueError("not an RVM export with a guided-filter refiner at its end (cannot find A, b)") from exc
+    return small, a_resize.input[0], b_resize.input[0]
+
+
+def lowres_model(path: str | Path):
+    """The RVM export at ``path`` cut to ``small_src, r1i..r4i → A, b, r1o..r4o`` (an ``onnx.ModelProto``)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    small, a_name, b_name = find_cut(graph)
+    prod, inits = _producers(graph), {t.name for t in graph.initializer}
+    states_in, states_out = ["r1i", "r2i", "r3i", "r4i"], ["r1o", "r2o", "r3o", "r4o"]
+    keep: set[int] = set()
+    stack = [a_name, b_name, *states_out]
+    while stack:  # every node the new outputs depend on, stopping at the new inputs
+        name = stack.pop()
+        if name in (small, *states_in) or name in inits or not name:
+            continue
+        node = prod.get(name)
+        if node is None:
+            raise ValueError(f"{path}: {name!r} depends on the full-size input; cannot cut the graph")
+        if id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(node.input)
+    nodes = [n for n in graph.node if id(n) in keep]
+    used = {name for n in nodes for name in n.input}
+    by_name = {v.name: v for v in (*graph.input, *graph.output)}
+    low = ["batch_size", 4, "small_h", "small_w"]
+    inputs = [helper.make_tensor_value_info(small, TensorProto.FLOAT, ["batch_size", 3, "small_h", "small_w"]),
+              *(by_name[n] for n in states_in)]
+    outputs = [helper.make_tensor_value_info(a_name, TensorProto.FLOAT, low),
+               helper.make_tensor_value_info(b_name, TensorProto.FLOAT, low), *(by_name[n] for n in states_out)]
+    cut = helper.make_graph(nodes, "rvm_lowres", inputs, outputs, [t for t in graph.initializer if t.name in used])
+    out = helper.make_model(cut, opset_imports=model.opset_import)
+    out.ir_version = model.ir_version
+    onnx.checker.check_model(out)
+    return out
+
+
+class OrtCoefficients:
+    """The official export without its full-resolution part, on onnxruntime's CPU provider."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        from .ort import cpu_session
+
+        model = lowres_model(path)
+        self._small = model.graph.input[0].name
+        self.session = cpu_session(model.SerializeToString(), threads or torch.get_num_threads())
+        self._empty = np.zeros((1, 1, 1, 1), np.float32)
+
+    def initial_state(self) -> State:
+        """The state of a fresh stream."""
+        return [self._empty] * 4
+
+    def __call__(self, small: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """``small`` float32 ``[B,3,h,w]`` (0..1) and the state → ``A, b`` ``[B,4,h,w]`` and the next state."""
+        feed = {self._small: small}
+        feed.update(zip(("r1i", "r2i", "r3i", "r4i"), state))
+        a, b, *state = self.session.run(None, feed)
+        return a, b, state
+
+
+class TorchCoefficients:
+    """Our ``MattingNetwork`` (CPU, float32) run up to ``refiner.coefficients()``."""
+
+    def __init__(self, model) -> None:
+        self.model = model.eval()
+
+    def initial_state(self) -> State:
+        """The state of a fresh stream."""
+        return [None] * 4
+
+    @torch.inference_mode()
+    def __call__(self, small: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
+        """Same contract as :meth:`OrtCoefficients.__call__`, returning numpy arrays."""
+        m = self.model
+        x = torch.from_numpy(small).contiguous(memory_format=torch.channels_last)
+        f1, f2, f3, f4 = m.backbone(x)
+        hid, *state = m.decoder(x, f1, f2, f3, m.aspp(f4), *state, 1)
+        fgr_residual, pha = m.project_mat(hid).split([3, 1], dim=1)
+        a, b = m.refiner.coefficients(x, fgr_residual, pha, hid)
+        return a.contiguous().numpy(), b.contiguous().numpy(), state

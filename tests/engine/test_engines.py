@@ -1,0 +1,113 @@
+"""Matter's speed paths: time-chunked steps, the onnxruntime engine, CUDA graphs (GPU-marked)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rvm_live.engine.matter import Matter
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def frames(carphone_frames):
+    return carphone_frames[:6]
+
+
+def test_step_chunk_equals_frame_by_frame(frames, mobilenet):
+    chunked = Matter(model=mobilenet, device="cpu", downsample_ratio=0.5)
+    fgr_a, pha_a = chunked.step_chunk(frames[:4])
+    fgr_b, pha_b = chunked.step_chunk(frames[4:])
+    single = Matter(model=mobilenet, device="cpu", downsample_ratio=0.5)
+    steps = [single.step(f) for f in frames]
+    torch.testing.assert_close(torch.cat([pha_a, pha_b]), torch.cat([p for _, p in steps]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat([fgr_a, fgr_b]), torch.cat([f for f, _ in steps]), atol=1e-4, rtol=0)
+    assert pha_a.shape == (4, 1, 144, 176)
+
+
+def test_step_chunk_rejects_float_frames():
+    with pytest.raises(TypeError, match="float32 != uint8"):
+        Matter(device="cpu").step_chunk(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_onnxruntime_engine_matches_torch(frames, mobilenet):
+    ort_matter = Matter(engine="onnxruntime", device="cpu", downsample_ratio=0.375)
+    torch_matter = Matter(model=mobilenet, device="cpu", downsample_ratio=0.375)
+    for frame in frames:
+        fgr_o, pha_o = ort_matter.step(frame)
+        fgr_t, pha_t = torch_matter.step(frame)
+        torch.testing.assert_close(pha_o, pha_t, atol=1e-3, rtol=0)
+        torch.testing.assert_close(fgr_o, fgr_t, atol=1e-3, rtol=0)
+    assert ort_matter.engine == "onnxruntime" and 0.1 < float(pha_o.mean()) < 0.9
+    ort_matter.reset()
+    assert ort_matter.state == [None] * 4
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"engine": "tensorrt"}, "engine must be one of"),
+                                               ({"engine": "onnxruntime", "backbone": "resnet50"}, "mobilenetv3"),
+                                               ({"cuda_graphs": True}, "needs a CUDA device")])
+def test_bad_engine_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Matter(device="cpu", **kwargs)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_graph_steps_match_eager_and_recapture_on_resize(frames):
+    graphed = Matter(device="cuda", downsample_ratio=0.5)
+    eager = Matter(device="cuda", downsample_ratio=0.5, cuda_graphs=False)
+    assert graphed.cuda_graphs and graphed.dtype == torch.float16
+    for frame in frames:
+        pha_g = graphed.step(frame)[1].float().clone()
+        pha_e = eager.step(frame)[1].float()
+        torch.testing.assert_close(pha_g, pha_e, atol=2e-2, rtol=0)
+    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5)]
+    small = np.ascontiguousarray(frames[0][:96, :128])
+    assert graphed.step(small)[1].shape == (1, 1, 96, 128)
+    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5), (1, 96, 128, 0.5)] and graphed.size == (96, 128)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cuda_graph_reset_restarts_the_state(frames):
+    matter = Matter(device="cuda", downsample_ratio=0.5)
+    first = matter.step(frames[0])[1].float().clone()
+    for frame in frames[1:4]:
+        matter.step(frame)
+    matter.reset()
+    again = matter.step(frames[0])[1].float()
+    torch.testing.assert_close(again, first, atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_chunks_between_graph_steps_keep_the_graph_and_its_state(frames):
+    mixed = Matter(device="cuda", downsample_ratio=0.5)
+    graphed = Matter(device="cuda", downsample_ratio=0.5)
+    mixed.step(frames[0])
+    graphs = list(mixed.core.graphs.values())
+    mixed.step_chunk(frames[1:4])  # a burst from the decoder: eager, from and back into the graph's state
+    pha = mixed.step(frames[4])[1].float()
+    for frame in frames[:5]:
+        reference = graphed.step(frame)[1].float()
+    assert list(mixed.core.graphs.values()) == graphs  # never re-captured
+    torch.testing.assert_close(pha, reference, atol=2e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_batched_graph_steps_equal_single_stream_graph_steps(frames):
+    from rvm_live.engine import Engine
+
+    engine = Engine(device="cuda")
+    joint = [engine.new_state(0.5), engine.new_state(0.5)]
+    alone = [engine.new_state(0.5), engine.new_state(0.5)]
+    for frame in frames:
+        other = np.ascontiguousarray(frame[::-1])
+        together = engine.step([frame, other], joint).pha.float().clone()
+        first = engine.step([frame], [alone[0]]).pha.float().clone()
+        second = engine.step([other], [alone[1]]).pha.float().clone()
+        torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-2, rtol=0)
+    assert set(engine.graphs) == {(2, 144, 176, 0.5), (1, 144, 176, 0.5)}

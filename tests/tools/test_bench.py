@@ -1,0 +1,91 @@
+"""The benchmark: runs on real frames and reports every section, as a table and as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rvm_live.tools import bench
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench.run_bench(width=96, height=64, frames=6, threads=1)
+
+
+def test_report_has_positive_model_and_onnxruntime_numbers(report):
+    for section in ("model", "onnxruntime"):
+        row = report[section]
+        assert row["frames"] == 6
+        assert row["fps"] > 0
+        assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p95"]
+    assert report["onnxruntime"]["available"] is True
+    assert report["ratio_vs_onnxruntime"] > 0
+    assert report["settings"]["threads"] == 1 and report["settings"]["downsample_ratio"] == 1.0
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+
+
+def test_end_to_end_runs_the_pipeline_on_a_file(report):
+    e2e = report["end_to_end"]
+    assert e2e["available"] is True, e2e
+    assert e2e["frames_out"] == report["settings"]["frames"] + report["settings"]["warmup"]
+    assert e2e["fps"] > 0 and e2e["latency_ms"]["p50"] > 0
+
+
+def test_frames_are_the_demo_clip_at_the_requested_size_looped():
+    frames = bench.bench_frames(80, 48, 130)  # the clip has 120 frames
+    assert len(frames) == 130 and frames[0].shape == (48, 80, 3) and frames[0].dtype.name == "uint8"
+    assert (frames[120] == frames[0]).all() and not (frames[1] == frames[0]).all()
+
+
+def test_main_prints_json_with_skipped_sections(capsys):
+    code = bench.main(["--width", "64", "--height", "48", "--frames", "3", "--threads", "1", "--json",
+                       "--no-e2e", "--no-onnx", "--downsample", "0.5"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["fps"] > 0 and out["settings"]["downsample_ratio"] == 0.5
+    assert out["onnxruntime"] == {"available": False, "reason": "skipped (--no-onnx)"}
+    assert out["end_to_end"]["available"] is False
+    assert "ratio_vs_onnxruntime" not in out
+
+
+def test_main_prints_a_table(capsys):
+    assert bench.main(["--width", "64", "--height", "48", "--frames", "3", "--threads", "1", "--no-e2e"]) == 0
+    out = capsys.readouterr().out
+    assert "model (onnxruntime engine)" in out and "model (torch engine)" in out  # auto picks onnxruntime on CPU
+    assert "onnxruntime (official)" in out and "ours / onnxruntime" in out and "torch engine" in out
+
+
+def test_onnxruntime_engine_is_timed_as_the_model(capsys):
+    report = bench.run_bench(width=64, height=48, frames=3, threads=1, engine="onnxruntime", end_to_end=False)
+    assert report["settings"]["engine"] == "onnxruntime" and report["model"]["fps"] > 0
+    assert report["model_torch"]["fps"] > 0 and report["torch_ratio_vs_onnxruntime"] > 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--width", "0"], "width must be a positive integer"),
+                                                (["--frames", "-1"], "frames must be a positive integer"),
+                                                (["--width", "16", "--height", "16"], "too small")])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    assert bench.main([*argv, "--no-e2e", "--no-onnx"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_downsample_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--downsample", "2"])
+    assert exc.value.code == 2
+
+
+def test_resnet50_weights_file_runs_without_an_onnx_comparison(tmp_path):
+    import torch
+
+    from rvm_live.model.network import MattingNetwork
+
+    torch.manual_seed(0)
+    path = tmp_path / "random_resnet50.pth"
+    torch.save(MattingNetwork("resnet50").state_dict(), path)
+    report = bench.run_bench(width=64, height=48, frames=3, threads=1, backbone="resnet50", weights=str(path),
+                             end_to_end=False)
+    assert report["model"]["fps"] > 0
+    assert report["onnxruntime"] == {"available": False, "reason": "no official ONNX export mirrored for resnet50"}

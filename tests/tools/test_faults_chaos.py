@@ -1,0 +1,21 @@
+"""The chaos soak, 60 s in CI (the 10-minute run is ``python -m rvm_live.tools.soak --chaos``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rvm_live.tools.chaos import chaos
+
+
+@pytest.mark.slow
+def test_the_daemon_survives_a_minute_of_chaos(official_onnx_path, carphone_path, monkeypatch):
+    monkeypatch.setenv("RVM_LIVE_OFFLINE", "1")
+    report = chaos(60, progress=print)
+    log = Path(report["log"]).read_text()
+    assert report["exit_code"] == 0, log[-3000:]
+    assert set(report["faults"]) == {"source_outage", "background_swap", "sink_outage", "sighup", "api_abuse"}
+    assert report["all_survived"], report["faults"]
+    assert report["frames_out"] > 0 and report["samples"]
+    assert "Traceback" not in log
