@@ -14,7 +14,7 @@ import torch
 from rvm_live.model.fold import fold_batchnorm, is_folded
 from rvm_live.model.network import MattingNetwork
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def run_pair(model, session, frames, ratio, *, always_refine):

@@ -31,7 +31,7 @@ TOKEN = "web-e2e-token"
 CHROMIUM = os.environ.get("RVM_LIVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-ui.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-ui.png"
 BLUE, BLUE_HEX = (42, 111, 219), "#2a6fdb"
 
 
