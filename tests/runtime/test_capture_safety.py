@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rvm_live.compositing.backgrounds import composite, parse_background
+from rvm_live.compositing.backgrounds import composite, parse_background, to_device
+from rvm_live.engine.core import as_frames
 from rvm_live.engine.graphs import graph_body
 from rvm_live.engine.matter import Matter
 
@@ -30,14 +31,14 @@ DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "
                   "unique_dim", "argwhere", "masked_scatter", "repeat_interleave"}
 # where host data may enter, by design: the caller's frame (the upload itself, through the pinned buffer on
 # CUDA) and a background's picture (an image or video frame, decoded on the host)
-ENTRY_POINTS = {("core.py", "as_frames"), ("compositing.py", "to_device")}
+ENTRY_POINTS = {as_frames.__code__, to_device.__code__}  # by code object: immune to moves and renames
 
 
 def _entry_point_on_stack() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
-        if (code.co_filename.rsplit("/", 1)[-1], code.co_name) in ENTRY_POINTS:
+        if code in ENTRY_POINTS:
             return True
         frame = frame.f_back
     return False

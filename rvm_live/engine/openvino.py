@@ -1,0 +1,134 @@
+"""The network's low-resolution half on OpenVINO's CPU plugin, in fp32 or bf16.
+
+The same cut of the official export as the onnxruntime path (:func:`rvm_live.engine.lowres.lowres_model`:
+the downsampled frame and r1..r4 in, the guided filter's ``A, b`` and the next r1..r4 out), compiled by
+OpenVINO. On CPUs with AVX512-BF16 or AMX, ``bf16`` runs the convolutions in bfloat16 with fp32
+accumulation, which is where the speed comes from (figures and the quality cost: BENCHMARKS.md).
+
+A model compiled for one fixed input shape is faster than a dynamic one, but compiling takes about a second.
+So every shape is served at once by the dynamic model while its static model compiles on a background thread
+(the governor changes the network's size on a live stream; that must never stall a frame), and compiled blobs
+are cached on disk so the next start is quick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .lowres import lowres_model
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
+MAX_STATIC = 8  # static models kept: the governor's ladder has at most this many rungs
+
+
+def available() -> bool:
+    """Whether the ``openvino`` package can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoCoefficients:
+    """The official export without its full-resolution part on OpenVINO (CPU): ``A, b`` per frame.
+
+    ``precision``: ``fp32`` or ``bf16`` (``bf16`` on a CPU without native support is refused: emulated bf16 is
+    slower than fp32, so asking for it is a mistake worth one clear line)."""
+
+    def __init__(self, path: str | Path, *, precision: str = "bf16", threads: int | None = None,
+                 cache_dir: str | Path | None = None) -> None:
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "bf16" and not supports_bf16():
+            raise ValueError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX; this one has neither (use fp32)")
+        self.precision = precision
+        self._core = ov.Core()
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                        "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        model = lowres_model(path)
+        self._blob = model.SerializeToString()
+        self._small = model.graph.input[0].name
+        self._dynamic = self._core.compile_model(self._core.read_model(self._blob, b""), "CPU", self._config)
+        self._dynamic_request = self._dynamic.create_infer_request()
+        self._static: dict[tuple, object] = {}  # input shapes -> infer request of a static model
+        self._pending: set[tuple] = set()
+        self._lock = threading.Lock()
+        self._empty = np.zeros((1, 1, 1, 1), np.float32)
+
+    def initial_state(self) -> list[np.ndarray]:
+        """The state of a fresh stream (the export's 1x1x1x1 zero placeholders)."""
+        return [self._empty] * 4
+
+    def __call__(self, small: np.ndarray, state: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list]:
+        """``small`` float32 ``[B,3,h,w]`` (0..1) and the state → ``A, b`` ``[B,4,h,w]`` and the next state."""
+        feed = {self._small: small, **dict(zip(STATE_INPUTS, state))}
+        key = (tuple(small.shape), *(tuple(s.shape) for s in state))
+        with self._lock:
+            request = self._static.get(key)
+        if request is None:
+            request = self._dynamic_request
+            if state[0].shape != (1, 1, 1, 1):  # a steady shape (not a stream's first frame): worth compiling
+                self._compile_later(key)
+        request.infer(feed)
+        # the request reuses its output memory on the next call: hand out copies
+        a, b, *rec = (request.get_output_tensor(i).data.copy() for i in range(6))
+        return a, b, rec
+
+    def _compile_later(self, key: tuple) -> None:
+        with self._lock:
+            if key in self._pending or len(self._static) >= MAX_STATIC:
+                return
+            self._pending.add(key)
+        threading.Thread(target=self._compile, args=(key,), name="rvm-openvino-compile", daemon=True).start()
+
+    def _compile(self, key: tuple) -> None:
+        try:
+            model = self._core.read_model(self._blob, b"")
+            model.reshape({self._small: list(key[0]), **{n: list(s) for n, s in zip(STATE_INPUTS, key[1:])}})
+            request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+        except Exception as exc:  # the dynamic model keeps serving this shape; say why once
+            log.warning("openvino: could not compile a static model for %s (%s); the dynamic one serves it",
+                        key[0], exc)
+            with self._lock:
+                self._pending.discard(key)
+                self._static[key] = self._dynamic_request  # never tried again
+            return
+        with self._lock:
+            self._static[key] = request
+            self._pending.discard(key)
+        log.debug("openvino: static %s model ready for input %s", self.precision, key[0])
+
+    def wait_compiled(self, timeout: float = 30.0) -> bool:
+        """Block until no static compile is pending (benchmarks and tests); whether none is left."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            time.sleep(0.02)
+        return False
