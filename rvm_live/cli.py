@@ -210,13 +210,13 @@ def run(argv: list[str]) -> int:
     try:
         # (a bad token file fails now, before the model loads)
         token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
+        if config.control:  # bound now: a port in use fails before the model loads
+            server = ControlServer(None, *parse_address(config.control), token=token)
         pipeline = Pipeline(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
-        if config.control:
-            host, port = parse_address(config.control)
-            server = ControlServer(pipeline, host, port, token=token).start()
-            log.info("control API on http://%s:%d", *server.address)
+        if server is not None:
+            server.start(pipeline)
         pipeline.start()
         progress = start_progress(pipeline, quiet=config_source.quiet)
         _wait(pipeline)

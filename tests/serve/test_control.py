@@ -11,7 +11,8 @@ import pytest
 from helpers import FakeController, request
 
 from rvm_live.errors import ConfigError
-from rvm_live.serve.control import MAX_BODY, TOKEN_ENV, ControlServer, is_loopback, parse_address
+from rvm_live.serve.control import TOKEN_ENV, ControlServer, is_loopback, parse_address
+from rvm_live.serve.http import MAX_BODY
 
 
 @pytest.fixture

@@ -7,62 +7,20 @@ import http.client
 import io
 import json
 import struct
-import threading
 import time
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from helpers import Feeder, TapController
 from PIL import Image
 
-from rvm_live.frame import Frame
 from rvm_live.io.sinks.base import create_sink
 from rvm_live.io.sinks.mjpeg import MjpegTap, encode_jpeg
 from rvm_live.serve.web import BOUNDARY, MAX_PIXELS, MAX_UPLOAD, PREVIEW_FPS
 
 TOKEN = "page-token"
-
-
-class TapController:
-    """A controller whose output is the preview tap; records backgrounds set through the API."""
-
-    def __init__(self) -> None:
-        self.tap = MjpegTap()
-        self.sinks = [self.tap]
-        self.backgrounds: list[str] = []
-
-    def health(self):
-        return {"ok": True}
-
-    def stats(self):
-        return {"frames_in": 0, "frames_out": 0, "background": (self.backgrounds or ["green"])[-1]}
-
-    def set_background(self, spec):
-        image = cv2.imread(spec)  # like the pipeline: the file is read when set
-        if image is None:
-            raise OSError(f"cannot read {spec}")
-        self.backgrounds.append(spec)
-
-    def pause(self): ...
-    def resume(self): ...
-    def reset(self): ...
-
-
-class Feeder:
-    """Writes numbered solid-colour frames into the tap from its own thread, like a sink worker."""
-
-    def __init__(self, tap: MjpegTap, fps: float = 100.0) -> None:
-        self.tap, self.period = tap, 1.0 / fps
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        index = 0
-        while not self.stop.wait(self.period):
-            image = np.full((48, 64, 3), (index * 7) % 256, np.uint8)
-            self.tap.write(Frame(index, time.monotonic_ns(), "test", image))
-            index += 1
 
 
 @pytest.fixture
@@ -73,11 +31,8 @@ def controller():
 @pytest.fixture
 def server(controller, start_control):
     srv = start_control(controller, TOKEN)
-    feeder = Feeder(controller.tap)
-    feeder.thread.start()
-    yield srv
-    feeder.stop.set()
-    feeder.thread.join(2)
+    with Feeder(controller.tap):
+        yield srv
     controller.tap.close()
 
 
