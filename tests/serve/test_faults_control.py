@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from daemon import Daemon
 from helpers import FakeController, corrupt_clip, read_all, request, write_clip
+from PIL import Image
 
 from rvm_live.serve.control import ControlServer
 from rvm_live.serve.http import MAX_JSON_DEPTH
@@ -154,3 +159,34 @@ def test_token_file_and_background_checks_on_a_live_daemon(tmp_path, carphone_pa
         assert call("GET", "/stats")[1]["frames_out"] > before  # still matting, on the fallback
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.stderr
+
+
+@pytest.mark.slow
+def test_a_control_port_in_use_fails_before_the_model_loads(carphone_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "rvm_live", "--source", str(carphone_path), "-o", "null",
+                               "--log-level", "info", "--control", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [f"rvm-live: error: control API: cannot listen on 127.0.0.1:{port}: "
+                                        "address already in use (is another rvm-live running? pick another port "
+                                        "with --control)"]  # one line, and no "inference: ..." (no model loaded)
+
+
+@pytest.mark.slow
+def test_uploads_are_gone_after_the_daemon_exits_and_the_address_is_logged_once(tmp_path, carphone_path):
+    png = io.BytesIO()
+    Image.new("RGB", (32, 24), (0, 0, 255)).save(png, format="PNG")
+    with Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o", "null") as daemon:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        conn.request("POST", "/background/image", png.getvalue(), {"Content-Type": "image/png"})
+        response = conn.getresponse()
+        uploaded = Path(json.loads(response.read())["bg"])
+        conn.close()
+        assert response.status == 200 and uploaded.is_file()
+        assert daemon.stop() == 0
+    assert not uploaded.parent.exists()  # the CLI leaves with os._exit, which skips TemporaryDirectory's clean-up
+    assert daemon.stderr.count("control API on") == 1

@@ -7,8 +7,10 @@ import http.client
 import io
 import json
 import struct
+import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -227,3 +229,26 @@ def test_transparent_output_is_previewed_over_a_checkerboard():
     assert bgr[32, 32, 2] > 240 and bgr[32, 32, 1] < 15
     with pytest.raises(ValueError, match="H x W x 3/4 uint8"):
         encode_jpeg(np.zeros((4, 4), np.uint8))
+
+
+def test_uploads_are_removed_when_the_server_closes(controller, start_control):
+    server = start_control(controller, TOKEN)
+    status, _, body = call(server, "POST", "/background/image", png_bytes(), auth(**{"Content-Type": "image/png"}))
+    assert status == 200, body
+    folder = Path(json.loads(body)["bg"]).parent
+    assert folder.name.startswith("rvm-live-upload-") and folder.is_dir()
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"  # private to the user
+    server.close()
+    assert not folder.exists()
+
+
+def test_a_failed_upload_leaves_nothing(controller, server, monkeypatch):
+    before = set(Path(tempfile.gettempdir()).glob("rvm-live-upload-*"))
+
+    def refuse(spec, stream=None):
+        raise OSError("the pipeline cannot use it")
+
+    monkeypatch.setattr(controller, "set_background", refuse)
+    status, _, body = call(server, "POST", "/background/image", png_bytes(), auth(**{"Content-Type": "image/png"}))
+    assert status == 422 and json.loads(body) == {"error": "the pipeline cannot use it"}
+    assert set(Path(tempfile.gettempdir()).glob("rvm-live-upload-*")) == before
