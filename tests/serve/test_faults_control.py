@@ -177,10 +177,16 @@ def test_a_control_port_in_use_fails_before_the_model_loads(carphone_path):
 
 
 @pytest.mark.slow
-def test_uploads_are_gone_after_the_daemon_exits_and_the_address_is_logged_once(tmp_path, carphone_path):
+def test_uploads_are_gone_after_exit_the_address_is_logged_once_and_allowed_hosts_answer(tmp_path, carphone_path):
     png = io.BytesIO()
     Image.new("RGB", (32, 24), (0, 0, 255)).save(png, format="PNG")
-    with Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o", "null") as daemon:
+    with Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
+                "--control-allow-host", "studio.lan") as daemon:
+        for host, status in (("studio.lan", 200), ("evil.example", 403)):
+            conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+            conn.request("GET", "/health", headers={"Host": f"{host}:{daemon.port}"})
+            assert conn.getresponse().status == status, host
+            conn.close()
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
         conn.request("POST", "/background/image", png.getvalue(), {"Content-Type": "image/png"})
         response = conn.getresponse()
