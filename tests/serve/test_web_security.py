@@ -11,9 +11,12 @@ from __future__ import annotations
 import http.server
 import threading
 
+import cv2
+import numpy as np
 import pytest
 from helpers import Feeder, TapController
 from media import free_port
+from PIL import Image
 from test_web import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
@@ -153,3 +156,85 @@ def test_the_real_page_still_works(page, server, controller):
     page.locator("#color").fill("#2a6fdb")
     page.wait_for_function("document.getElementById('setting-background').textContent === '#2a6fdb'")
     assert controller.background == "#2a6fdb"
+
+
+def test_the_page_names_the_engine_and_an_upload_not_its_path(page, server, controller, monkeypatch, tmp_path):
+    stats = controller.stats
+    monkeypatch.setattr(controller, "stats", lambda stream=None: {**stats(stream), "engine": "onnxruntime"})
+    page.goto(f"http://127.0.0.1:{server.address[1]}/")
+    page.wait_for_function("document.getElementById('setting-engine')?.textContent === 'onnxruntime'")
+    picture = tmp_path / "beach.png"
+    Image.new("RGB", (64, 48), (0, 0, 255)).save(picture)
+    page.set_input_files("#upload", str(picture))
+    page.wait_for_function("document.getElementById('setting-background')?.textContent === "
+                           "'uploaded image (beach.png)'")
+    assert "/tmp" not in page.locator("#settings").inner_text() and "rvm-live-upload" in controller.background
+
+
+class TwoStreams:
+    """Streams "left" and "right", each with its own preview tap (fed grey and white) and settings."""
+
+    def __init__(self) -> None:
+        self.one = {"left": TapController(), "right": TapController()}
+        for stream_id, c in self.one.items():
+            c.stream_id = stream_id
+
+    def _pick(self, stream):
+        if stream is None:
+            raise ValueError("several streams run (left, right): name one")
+        return self.one[stream]
+
+    def session(self, stream=None):
+        return self._pick(stream).session(stream)
+
+    @property
+    def sinks(self):
+        return [c.tap for c in self.one.values()]
+
+    def streams(self):
+        return [{"id": k, **c.health()} for k, c in self.one.items()]
+
+    def health(self, stream=None):
+        return self._pick(stream).health() if stream else {"ok": True, "streams": self.streams()}
+
+    def stats(self, stream=None):
+        return self._pick(stream).stats() if stream else {"streams": {k: c.stats() for k, c in self.one.items()}}
+
+    def set_background(self, spec, stream=None):
+        self._pick(stream).set_background(spec)
+
+    def pause(self, stream=None):
+        for c in [self._pick(stream)] if stream else self.one.values():
+            c.pause()
+
+    def resume(self, stream=None):
+        for c in [self._pick(stream)] if stream else self.one.values():
+            c.resume()
+
+    def reset(self, stream=None):
+        for c in [self._pick(stream)] if stream else self.one.values():
+            c.reset()
+
+
+def test_with_several_streams_the_page_picks_one(page, start_control):
+    two = TwoStreams()
+    server = start_control(two)
+    grey, white = Feeder(two.one["left"].tap, fps=30), Feeder(two.one["right"].tap, fps=30, noise=True)
+    with grey, white:
+        page.goto(f"http://127.0.0.1:{server.address[1]}/")
+        page.wait_for_selector("#stream-picker", state="visible")
+        assert page.locator("#stream option").all_inner_texts() == ["left", "right"]
+        page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+        page.select_option("#stream", "right")
+        page.wait_for_function("document.getElementById('stream-url').textContent.includes('stream=right')")
+        page.wait_for_function("document.getElementById('preview').naturalWidth > 0")
+        page.wait_for_timeout(1000)
+        preview = cv2.imdecode(np.frombuffer(page.locator("#preview").screenshot(), np.uint8), cv2.IMREAD_COLOR)
+        assert preview.std() > 40  # the noise of "right", not the flat grey of "left"
+        page.click("#pause")
+        page.wait_for_function("document.getElementById('message').textContent === 'pause'")
+        page.locator("#color").fill("#2a6fdb")
+        page.wait_for_function("document.getElementById('setting-background').textContent === '#2a6fdb'")
+    two.one["left"].tap.close()
+    two.one["right"].tap.close()
+    assert two.one["right"].calls == ["pause", "bg:#2a6fdb"] and two.one["left"].calls == []
