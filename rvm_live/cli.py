@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN; visible to other users "
                                              "in the process list: prefer --control-token-file)")
     run.add_argument("--control-token-file", metavar="PATH", help="read the bearer token from this file")
+    run.add_argument("--control-allow-host", action="append", dest="control_allow_hosts", metavar="NAME",
+                     help="also answer the control API under this Host name (e.g. the machine's name on the LAN)")
     run.add_argument("--no-signal-timeout", type=float, metavar="S")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or live status line")
@@ -210,13 +212,14 @@ def run(argv: list[str]) -> int:
     try:
         # (a bad token file fails now, before the model loads)
         token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
+        if config.control:  # bound now: a port in use fails before the model loads
+            server = ControlServer(None, *parse_address(config.control), token=token,
+                                   allow_hosts=config.control_allow_hosts)
         pipeline = Pipeline(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
-        if config.control:
-            host, port = parse_address(config.control)
-            server = ControlServer(pipeline, host, port, token=token).start()
-            log.info("control API on http://%s:%d", *server.address)
+        if server is not None:
+            server.start(pipeline)
         pipeline.start()
         progress = start_progress(pipeline, quiet=config_source.quiet)
         _wait(pipeline)

@@ -73,6 +73,7 @@ class Config:
     control: str | None = None
     control_token: str | None = None
     control_token_file: str | None = None  # the token's first line, read at start (kept out of the command line)
+    control_allow_hosts: tuple[str, ...] = ()  # Host names the control API answers beyond loopback and its address
     no_signal_timeout: float = 1.0
     log_level: str = "info"
     # several streams through one engine: a list of tables, each with its own STREAM_KEYS (TOML [[streams]])
@@ -183,6 +184,13 @@ def _outputs(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _host_names(v: Any) -> tuple[str, ...]:
+    names = (v,) if isinstance(v, str) else v
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise _Bad("a list of host names")
+    return tuple(n.strip() for n in names)
+
+
 def _streams(v: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(entry, dict) for entry in v):
         raise _Bad("a list of stream tables ([[streams]] in TOML)")
@@ -206,6 +214,7 @@ _RULES: dict[str, Rule] = {
     "encoder": _text(64), "crf": _int(0, 63), "bitrate": _optional(_int(1, 10**10)), "queue_size": _int(1, 8),
     "max_frames": _optional(_int(1, 2**62)), "stats_json": _optional(_text()), "control": _optional(_text(300)),
     "control_token": _optional(_text()), "control_token_file": _optional(_text()),
+    "control_allow_hosts": _host_names,
     "no_signal_timeout": _number(0, 3600), "log_level": _choice(*LOG_LEVELS),
     "fullres": _choice(*FULLRES_MODES), "quality": _choice(*QUALITIES), "latency_budget": _number(1, 10_000),
     "streams": _streams,

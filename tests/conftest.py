@@ -56,15 +56,15 @@ def fake_backends():
 
 @pytest.fixture
 def start_control(monkeypatch):
-    """``start_control(controller, token=None)``: a real ``ControlServer`` on a free 127.0.0.1 port, closed at
-    the test's end; an ``RVM_LIVE_CONTROL_TOKEN`` in the environment never leaks in."""
+    """``start_control(controller, token=None, **options)``: a real ``ControlServer`` on a free 127.0.0.1 port,
+    closed at the test's end; an ``RVM_LIVE_CONTROL_TOKEN`` in the environment never leaks in."""
     from rvm_live.serve.control import TOKEN_ENV, ControlServer
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     started = []
 
-    def start(controller, token=None):
-        started.append(ControlServer(controller, "127.0.0.1", 0, token=token).start())
+    def start(controller, token=None, **options):
+        started.append(ControlServer(controller, "127.0.0.1", 0, token=token, **options).start())
         return started[-1]
 
     yield start

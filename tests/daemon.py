@@ -43,7 +43,7 @@ class Daemon:
 
     def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-                                     method="POST")
+                                     method="POST", headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())

@@ -13,6 +13,8 @@ import av
 import numpy as np
 import pytest
 
+from rvm_live.serve.controller import ControllerBase
+
 
 def write_clip(path, n=40, size=32) -> str:
     """``n`` frames whose grey level rises with the index (frame i is 6*i)."""
@@ -42,27 +44,28 @@ def corrupt_clip(path) -> str:
     return str(path)
 
 
-class FakeController:
+class FakeController(ControllerBase):
     """Records what the API asked for; ``fail_with`` makes the next set_background raise."""
 
-    def __init__(self):
+    def __init__(self, outputs=None):
+        super().__init__(outputs)
         self.calls: list[str] = []
         self.background = "green"
         self.paused = False
         self.fail_with: Exception | None = None
         self.lock = threading.Lock()
 
-    def health(self):
+    def health(self, stream=None):
         return {"ok": True, "paused": self.paused}
 
-    def stats(self):
+    def stats(self, stream=None):
         return {
             "frames_in": 120, "frames_out": 117, "frames_dropped": 3, "fps_out": 29.5,
-            "latency_ms": {"p50": 40.0, "p95": 55.0, "max": 80.0},
+            "latency_ms": {"p50": 40.0, "p95": 55.0, "max": 80.0}, "background": self.background,
             "backbone": "mobilenetv3", "device": "cpu", "downsample_ratio": 0.25, "paused": self.paused,
         }
 
-    def set_background(self, spec):
+    def set_background(self, spec, stream=None):
         with self.lock:
             if self.fail_with is not None:
                 exc, self.fail_with = self.fail_with, None
@@ -70,16 +73,67 @@ class FakeController:
             self.calls.append(f"bg:{spec}")
             self.background = spec
 
-    def pause(self):
+    def pause(self, stream=None):
         self.calls.append("pause")
         self.paused = True
 
-    def resume(self):
+    def resume(self, stream=None):
         self.calls.append("resume")
         self.paused = False
 
-    def reset(self):
+    def reset(self, stream=None):
         self.calls.append("reset")
+
+
+class TapController(FakeController):
+    """A controller whose output is a real preview tap, fed by a :class:`Feeder`; set_background reads the
+    file as the pipeline does (an unreadable one raises OSError)."""
+
+    def __init__(self) -> None:
+        from rvm_live.io.sinks.mjpeg import MjpegTap
+
+        self.tap = MjpegTap()
+        super().__init__([self.tap])
+        self.backgrounds: list[str] = []
+
+    def set_background(self, spec, stream=None):
+        if "/" in spec:
+            import cv2
+
+            if cv2.imread(spec) is None:
+                raise OSError(f"cannot read {spec}")
+            self.backgrounds.append(spec)
+        super().set_background(spec, stream)
+
+
+class Feeder:
+    """Writes numbered solid-colour frames (or noise, which encodes big) into a tap from its own thread,
+    like a sink worker."""
+
+    def __init__(self, tap, fps: float = 100.0, *, size=(48, 64), noise: bool = False) -> None:
+        self.tap, self.period, self.size, self.noise = tap, 1.0 / fps, size, noise
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from rvm_live.frame import Frame
+
+        index, rng = 0, np.random.default_rng(0)
+        while not self.stop.wait(self.period):
+            if self.noise:
+                image = rng.integers(0, 256, (*self.size, 3), np.uint8)
+            else:
+                image = np.full((*self.size, 3), (index * 7) % 256, np.uint8)
+            self.tap.write(Frame(index, time.monotonic_ns(), "test", image))
+            index += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(2)
 
 
 def request(server, method, path, body=None, *, token=None, raw=None):
@@ -87,7 +141,7 @@ def request(server, method, path, body=None, *, token=None, raw=None):
     host, port = server.address
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
-    if data is not None:
+    if data is not None or method == "POST":  # the API takes JSON only on what changes state
         req.add_header("Content-Type", "application/json")
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")

@@ -1,44 +1,53 @@
-"""Routes of the web page, dispatched to by the control server (``rvm_live/serve/control.py``).
+"""The web page's routes, dispatched to by the control server after its Host/Origin checks:
 
 - ``GET /`` and ``GET /static/NAME``: the page itself, public: it holds no data and performs nothing; what it
   shows and does goes through the token-guarded API.
-- ``GET /stream.mjpg[?fps=N]``: the live output as MJPEG (``multipart/x-mixed-replace``), at most
-  ``PREVIEW_FPS`` (or N) frames a second, for the page's ``<img>``, OBS's Media Source, VLC or FFmpeg.
-  With a token it is needed as a bearer header or as ``?token=`` (``<img>``, OBS, VLC cannot send headers).
-- ``POST /background/image``: an uploaded PNG/JPEG/WebP image (raw body) becomes the background; bearer
-  token like the API, at most ``MAX_UPLOAD`` bytes and ``MAX_PIXELS`` pixels.
+- ``GET /stream.mjpg[?fps=N][&stream=ID]``: a stream's output as MJPEG (``multipart/x-mixed-replace``), at
+  ``PREVIEW_FPS`` (or N, kept within ``MIN_STREAM_FPS``..``MAX_STREAM_FPS``) frames a second, for the page's
+  ``<img>``, OBS's Media Source, VLC or FFmpeg. With a token, as a bearer header or ``?token=``. At most
+  ``MAX_VIEWERS`` at once, each dropped when a frame cannot be written within ``WRITE_DEADLINE_S``.
+- ``POST /background/image[?stream=ID]``: an uploaded PNG/JPEG/WebP image (raw body) becomes the background;
+  bearer token like the API, at most ``MAX_UPLOAD`` bytes and ``MAX_PIXELS`` pixels, ``MAX_UPLOADS`` at once.
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import io
-import json
 import logging
-import tempfile
+import math
+import select
+import socket
 import threading
 import time
-import urllib.parse
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
-from ..io.sinks.mjpeg import MjpegTap, find_tap
+from ..io.sinks.mjpeg import MjpegTap
+from .controller import Controller
+from .http import HTTPError, RequestHandler, query_values
+from .uploads import Uploads
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PREVIEW_FPS = 12.0  # enough to judge a matte; a browser tab must not cost the pipeline CPU
+MIN_STREAM_FPS = 1.0  # a slower ask is raised to this: a viewer's wait stays short
 MAX_STREAM_FPS = 60.0  # ``?fps=`` may ask for more, e.g. OBS taking the stream as its video source
+MAX_VIEWERS = 8  # previews at once; with MAX_UPLOADS, well under the worker pool, so the API always answers
+MAX_UPLOADS = 2
+WRITE_DEADLINE_S = 5.0  # a viewer that takes no frame for this long is dropped
 MAX_UPLOAD = 8 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a small file may still decode to a huge image (a "decompression bomb")
 UPLOAD_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+# the shipped files, listed once: a request names one of these or gets a 404 (no file system lookups)
+STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and not p.name.startswith(".")}
 BOUNDARY = "rvmlive-frame"
-_DRAIN_LIMIT = 4 * MAX_UPLOAD  # an oversized upload up to this is read and dropped, so the client sees the 413
 _ROUTES = {("GET", "/"), ("GET", "/stream.mjpg"), ("POST", "/background/image")}
 
 
@@ -47,145 +56,151 @@ def serves(method: str, path: str) -> bool:
     return (method, path) in _ROUTES or (method == "GET" and path.startswith("/static/"))
 
 
-def handle(handler: BaseHTTPRequestHandler, path: str) -> None:
-    """Answer one request of the web page. Errors are raised as the control server's ``HTTPError``."""
-    if path == "/":
-        page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-        page = page.replace("{{MAX_UPLOAD}}", str(MAX_UPLOAD))  # the page refuses big files before sending
-        _reply(handler, 200, page.encode(), _CONTENT_TYPES[".html"])
-    elif path.startswith("/static/"):
-        _send_file(handler, _static_path(path[len("/static/"):]))
-    elif path == "/stream.mjpg":
-        _check_token(handler, allow_query=True)
-        _stream(handler, _tap(handler), _stream_fps(handler))
-    else:
-        _check_token(handler, allow_query=False)
-        _upload(handler)
+class Page:
+    """The web page of one server: its caps on viewers and uploads, and its uploaded files."""
+
+    def __init__(self) -> None:
+        self.viewers = threading.BoundedSemaphore(MAX_VIEWERS)
+        self.upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
+        self.uploads = Uploads()
+
+    def handle(self, handler: RequestHandler, controller: Controller, path: str) -> None:
+        """Answer one request of the page; errors are raised as ``HTTPError``."""
+        if path == "/":
+            page = STATIC_FILES["index.html"].read_text(encoding="utf-8")
+            page = page.replace("{{MAX_UPLOAD}}", str(MAX_UPLOAD))  # the page refuses big files before sending
+            handler.send_body(200, page.encode(), _CONTENT_TYPES[".html"])
+        elif path.startswith("/static/"):
+            name = path[len("/static/"):]
+            if name not in STATIC_FILES:
+                raise HTTPError(404, "no such file")
+            file = STATIC_FILES[name]
+            handler.send_body(200, file.read_bytes(), _CONTENT_TYPES.get(file.suffix, "application/octet-stream"))
+        elif path == "/stream.mjpg":
+            handler.authorize(query_token=True)
+            tap, fps = _tap(controller, _stream_id(handler)), stream_fps(handler.path)
+            with _slot(self.viewers, f"{MAX_VIEWERS} preview viewers already watch"):
+                _stream(handler, tap, fps)
+        else:
+            handler.authorize()
+            with _slot(self.upload_slots, "another upload is in progress"):
+                self._upload(handler, controller)
+
+    def close(self) -> None:
+        """Remove the uploaded files (the server is closing)."""
+        self.uploads.close()
+
+    def _upload(self, handler: RequestHandler, controller: Controller) -> None:
+        ctype = handler.content_type()
+        length = handler.content_length()
+        if ctype not in UPLOAD_TYPES:
+            handler.discard_body(4 * MAX_UPLOAD)
+            raise HTTPError(415, f"upload type {ctype or 'none'!r}: expected one of {', '.join(UPLOAD_TYPES)}")
+        if length > MAX_UPLOAD:
+            handler.discard_body(4 * MAX_UPLOAD)  # read, so that the client sees the answer
+            raise HTTPError(413, f"upload of {length} bytes exceeds the {MAX_UPLOAD}-byte limit")
+        if length == 0:
+            raise HTTPError(400, "empty upload: send the image file as the request body")
+        stream = _stream_id(handler)
+        data = handler.read_exactly(length)  # 408 when it does not arrive within the request's deadline
+        suffix = check_image(data, UPLOAD_TYPES[ctype])
+        path = self.uploads.save(data, suffix)
+        try:
+            controller.set_background(str(path), stream)
+        except BaseException:
+            self.uploads.discard(path)
+            raise
+        log.info("web page: background set to an uploaded %s image (%d bytes)", UPLOAD_TYPES[ctype], length)
+        handler.send_json(200, {"ok": True, "bg": str(path)})
 
 
-def _http_error(status: int, message: str, headers: dict[str, str] | None = None) -> Exception:
-    from .control import HTTPError  # imported late: control.py imports this module
-
-    return HTTPError(status, message, headers)
-
-
-def _check_token(handler: BaseHTTPRequestHandler, *, allow_query: bool) -> None:
-    """The control API's own bearer-token rule (``_authorize``); with ``allow_query``, ``?token=`` also counts
-    (an ``<img>`` or a media player cannot send headers)."""
-    token = handler.server.app.token  # type: ignore[attr-defined]
-    if token is not None and allow_query:
-        given = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query).get("token", [])
-        if any(hmac.compare_digest(g.encode(), token.encode()) for g in given):
-            return
-    handler._authorize()  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _slot(slots: threading.BoundedSemaphore, busy: str) -> Iterator[None]:
+    """One of a capped number of places, or a 503 at once."""
+    if not slots.acquire(blocking=False):
+        raise HTTPError(503, f"server is busy: {busy}", {"Retry-After": "1"})
+    try:
+        yield
+    finally:
+        slots.release()
 
 
-def _static_path(name: str) -> Path:
-    # only plain file names of the shipped directory: no "..", no subdirectories, no hidden files
-    path = STATIC_DIR / name
-    if "/" in name or name.startswith(".") or not name or not path.is_file():
-        raise _http_error(404, f"no such file: /static/{name}")
-    return path
+def _stream_id(handler: RequestHandler) -> str | None:
+    given = query_values(handler.path, "stream")
+    return given[-1] if given else None
 
 
-def _send_file(handler: BaseHTTPRequestHandler, path: Path) -> None:
-    _reply(handler, 200, path.read_bytes(), _CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
-
-
-def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", ctype)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.send_header("Cache-Control", "no-store")
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-def _tap(handler: BaseHTTPRequestHandler) -> MjpegTap:
-    tap = find_tap(handler.server.app.controller)  # type: ignore[attr-defined]
+def _tap(controller: Controller, stream: str | None) -> MjpegTap:
+    try:
+        sinks = controller.session(stream).sinks
+    except KeyError as exc:
+        raise HTTPError(404, str(exc.args[0])) from None
+    except ValueError as exc:  # several streams and none named
+        raise HTTPError(400, f"{exc} with ?stream=ID") from None
+    tap = next((s for s in sinks if isinstance(s, MjpegTap)), None)
     if tap is None:
-        raise _http_error(503, "no live preview: this controller has no preview output")
+        raise HTTPError(503, "no live preview: this controller has no preview output")
     return tap
 
 
-def _stream_fps(handler: BaseHTTPRequestHandler) -> float:
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)
-    text = (query.get("fps") or [str(PREVIEW_FPS)])[0]
+def stream_fps(path: str) -> float:
+    """The frame rate a viewer asked for with ``?fps=``, kept within the limits; 400 for junk."""
+    text = (query_values(path, "fps") or [str(PREVIEW_FPS)])[-1]
     try:
         fps = float(text)
     except ValueError:
-        fps = 0.0
-    if not 0 < fps <= MAX_STREAM_FPS:
-        raise _http_error(400, f"fps {text!r}: expected a number in (0, {MAX_STREAM_FPS:g}]")
-    return fps
+        fps = math.nan
+    if not 0 < fps < math.inf:
+        raise HTTPError(400, f"fps {text!r}: expected a positive number (kept within "
+                             f"{MIN_STREAM_FPS:g}..{MAX_STREAM_FPS:g})")
+    return min(max(fps, MIN_STREAM_FPS), MAX_STREAM_FPS)
 
 
-def _stream(handler: BaseHTTPRequestHandler, tap: MjpegTap, fps: float) -> None:
-    """Send the tap's frames as multipart JPEG parts, at most ``fps`` a second, until the client leaves or
-    the output closes."""
+def _stream(handler: RequestHandler, tap: MjpegTap, fps: float) -> None:
+    """Send the tap's frames as multipart JPEG parts, at most ``fps`` a second, until the viewer leaves, a
+    frame cannot be written within ``WRITE_DEADLINE_S``, or the output closes."""
     handler.close_connection = True
     handler.send_response(200)
     handler.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
     handler.send_header("Cache-Control", "no-store")
     handler.send_header("Connection", "close")
     handler.end_headers()
-    period, seq, sent = 1.0 / fps, 0, 0
+    sock, period, seq, sent = handler.connection, 1.0 / fps, 0, 0
+    sock.settimeout(WRITE_DEADLINE_S)  # per frame: sendall's timeout covers the whole part
     try:
         while True:
             started = time.monotonic()
             got = tap.wait_jpeg(seq, timeout=1.0)
             if got is None:
-                if tap.closed:
+                if tap.closed or _gone(sock, 0.0):
                     break
                 continue
             seq, jpeg = got
             head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
             handler.wfile.write(head + jpeg + b"\r\n")
-            handler.wfile.flush()
             sent += 1
-            time.sleep(max(0.0, period - (time.monotonic() - started)))  # the rate cap
-    except OSError as exc:  # the viewer went away (closed tab, stopped player): nothing to report
+            if _gone(sock, period - (time.monotonic() - started)):  # the rate cap, cut short if the viewer goes
+                break
+    except OSError as exc:  # the viewer went away or stopped reading: nothing to report
         log.debug("preview client %s left after %d frames: %s", handler.client_address[0], sent, exc)
 
 
-def _content_length(handler: BaseHTTPRequestHandler) -> int:
-    """The request's Content-Length, parsed (and refused with a 400) as the control API does."""
-    return handler._content_length()  # type: ignore[attr-defined]  (control._Handler)
-
-
-def _drain(handler: BaseHTTPRequestHandler, length: int) -> None:
-    if length > _DRAIN_LIMIT:
-        handler.close_connection = True
-        return
-    while length > 0:
-        chunk = handler.rfile.read(min(length, 1 << 16))
-        if not chunk:
-            break
-        length -= len(chunk)
-
-
-def _upload(handler: BaseHTTPRequestHandler) -> None:
-    ctype = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    length = _content_length(handler)
-    if ctype not in UPLOAD_TYPES:
-        _drain(handler, length)
-        raise _http_error(415, f"upload type {ctype or 'none'!r}: expected one of {', '.join(UPLOAD_TYPES)}")
-    if length > MAX_UPLOAD:
-        _drain(handler, length)
-        raise _http_error(413, f"upload of {length} bytes exceeds the {MAX_UPLOAD}-byte limit")
-    if length == 0:
-        raise _http_error(400, "empty upload: send the image file as the request body")
-    data = handler.rfile.read(length)
-    suffix = check_image(data, UPLOAD_TYPES[ctype])
-    path = _UPLOADS.save(data, suffix)
-    try:
-        handler.server.app.controller.set_background(str(path))  # type: ignore[attr-defined]
-    except Exception:
-        _UPLOADS.discard(path)
-        raise
-    log.info("web page: background set to an uploaded %s image (%d bytes)", UPLOAD_TYPES[ctype], length)
-    body = json.dumps({"ok": True, "bg": str(path)}).encode()
-    _reply(handler, 200, body, "application/json")
+def _gone(sock: socket.socket, wait_s: float) -> bool:
+    """Wait up to ``wait_s``; True as soon as the viewer has closed its end (anything it sends is dropped)."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        readable, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
+            return False
+        try:
+            if not sock.recv(4096, socket.MSG_DONTWAIT):
+                return True
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
 
 
 def check_image(data: bytes, expected: str) -> str:
@@ -194,40 +209,10 @@ def check_image(data: bytes, expected: str) -> str:
         with Image.open(io.BytesIO(data)) as img:
             found, (width, height) = img.format, img.size
             if found != expected:
-                raise _http_error(415, f"upload is {found or 'unknown'} data, not the declared {expected}")
+                raise HTTPError(415, f"upload is {found or 'unknown'} data, not the declared {expected}")
             if width * height > MAX_PIXELS:
-                raise _http_error(413, f"upload of {width}x{height} pixels exceeds the {MAX_PIXELS}-pixel limit")
+                raise HTTPError(413, f"upload of {width}x{height} pixels exceeds the {MAX_PIXELS}-pixel limit")
             img.load()  # decode it all: a truncated or corrupt file is refused here, not in the pipeline
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise _http_error(415, f"upload is not a readable {expected} image: {exc}") from None
+        raise HTTPError(415, f"upload is not a readable {expected} image: {exc}") from None
     return _SUFFIX[expected]
-
-
-class _UploadDir:
-    """Uploaded backgrounds in one private temporary directory; only the latest one is kept."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._dir: tempfile.TemporaryDirectory[str] | None = None  # removed when the process ends
-        self._count = 0
-        self._latest: Path | None = None
-
-    def save(self, data: bytes, suffix: str) -> Path:
-        with self._lock:
-            if self._dir is None:
-                self._dir = tempfile.TemporaryDirectory(prefix="rvm-live-upload-")
-            self._count += 1
-            path = Path(self._dir.name) / f"background-{self._count}{suffix}"
-            path.write_bytes(data)
-            previous, self._latest = self._latest, path
-        if previous is not None:
-            # the image background decodes its file when set, so the older upload is no longer read
-            previous.unlink(missing_ok=True)
-        return path
-
-    def discard(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
-
-
-_UPLOADS = _UploadDir()
-

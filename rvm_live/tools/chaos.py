@@ -3,13 +3,16 @@
 ``python -m rvm_live.tools.soak --chaos [--minutes 10] [--json report.json]`` starts ``python -m rvm_live`` on a
 UDP source fed by a sender process, with a null output, an RTMP output to a server that comes and goes
 (and, when there, accepts and never answers) and a UDP output. It then cycles: source outages, sink
-outages, background swaps (good and bad), SIGHUPs (good and bad configs) and control-API abuse. After each
-fault the daemon must still answer ``/health`` and keep producing frames. It reports frames in/out, each
-fault injected and survived, RSS over time and how long SIGTERM took at the end.
+outages, background swaps (good and bad), SIGHUPs (good and bad configs), control-API abuse and the attacks of
+hostile web pages and clients (foreign Origin and Host, slowloris, slow uploads, never-reading viewers, absurd
+preview rates). After each fault the daemon must still answer ``/health`` and keep producing frames (and an
+attack must have changed nothing). It reports frames in/out, each fault injected and survived, RSS over time
+and how long SIGTERM took at the end.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import multiprocessing as mp
 import os
@@ -143,7 +146,8 @@ class _Daemon:
                                       f"127.0.0.1:{port}"], stderr=self.log)
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -195,6 +199,55 @@ def _abuse(port: int) -> None:
         raw(b"POST /background HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", reset=True)
     raw(b"\x16\x03\x01garbage\r\n\r\n")
     raw(b"POST /pause HTTP/1.0\r\nContent-Length: 99999999999\r\n\r\n")
+
+
+def _status(port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> int:
+    """The status of one request (0 when it got none); a streamed answer is not read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body, headers or {})
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+def _http_attacks(port: int, seconds: float = 4.0) -> bool:
+    """What other web pages and hostile clients try: a foreign Origin or Host, a text/plain "simple request",
+    absurd preview rates, and, all at once, slowloris heads, slow uploads and preview viewers that never
+    read. True when every defence held: nothing was changed, and the API kept answering throughout."""
+    json_type = {"Content-Type": "application/json"}
+    held = [_status(port, "POST", "/pause", {"Origin": "http://evil.example", **json_type}, b"{}") == 403,
+            _status(port, "POST", "/pause", {"Content-Type": "text/plain"}, b"{}") == 415,
+            _status(port, "GET", "/stats", {"Host": f"rebind.example:{port}"}) == 403]
+    for fps in ("1e-300", "0.001", "nan"):
+        held.append(_status(port, "GET", f"/stream.mjpg?fps={fps}") in (200, 400, 503))  # never a 500
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 64
+    upload = b"POST /background/image HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    viewer = b"GET /stream.mjpg?fps=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    slow: list[socket.socket] = []
+    try:
+        for first, count in ((head[:10], 16), (upload + b"\x89PNG", 20), (viewer, 16)):
+            for _ in range(count):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # viewers: never read, fill at once
+                sock.sendall(first)
+                slow.append(sock)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for sock in slow[:36]:  # one more byte from each slow sender: under a per-read timeout, forever
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    pass
+            held.append(_status(port, "GET", "/health") == 200)
+            time.sleep(0.5)
+        held.append(_status(port, "POST", "/resume", json_type, b"{}") == 200)
+    finally:
+        for sock in slow:
+            sock.close()
+    return all(held)
 
 
 def _write_config(path: Path, source: str, outputs: list[str], **extra: Any) -> None:
@@ -261,7 +314,8 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
         daemon.proc.send_signal(signal.SIGHUP)
 
     cycle = [("source_outage", source_outage), ("background_swap", background_swap), ("sink_outage", sink_outage),
-             ("sighup", sighup), ("api_abuse", lambda: _abuse(daemon.port))]
+             ("sighup", sighup), ("api_abuse", lambda: _abuse(daemon.port)),
+             ("http_attacks", lambda: _http_attacks(daemon.port))]
     try:
         while not daemon.stats() and daemon.proc.poll() is None and time.monotonic() - start < 300:
             time.sleep(0.5)  # the model loads
@@ -270,8 +324,8 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
         while time.monotonic() - start < seconds and daemon.proc.poll() is None:
             name, inject = cycle[n % len(cycle)]
             n += 1
-            inject()
-            ok = survived()
+            held = inject()  # an attack says whether its defences held; other faults return None
+            ok = survived() and held is not False
             count = faults.setdefault(name, {"injected": 0, "survived": 0})
             count["injected"] += 1
             count["survived"] += ok

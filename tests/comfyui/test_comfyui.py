@@ -111,7 +111,7 @@ def test_outputs_equal_matting_and_composite(comfy, clip, reference):
     assert image.shape == clip.shape and mask.shape == clip.shape[:3] and fgr.shape == clip.shape
     torch.testing.assert_close(mask, ref_mask, atol=1e-4, rtol=0)
     torch.testing.assert_close(image, ref_image, atol=1e-4, rtol=0)
-    green = torch.tensor([0.0, 128 / 255, 0.0])
+    green = torch.tensor([0.0, 1.0, 0.0])
     torch.testing.assert_close(fgr * mask[..., None] + green * (1 - mask[..., None]), image, atol=1e-5, rtol=0)
 
 

@@ -48,7 +48,7 @@ def close_to(pixel, rgb, tol=0) -> bool:
 # --- colours -------------------------------------------------------------------------------------
 
 def test_parse_color_names_and_hex():
-    assert parse_color("green") == (0, 128, 0)
+    assert parse_color("green") == (0, 255, 0)
     assert parse_color("lime") == (0, 255, 0)
     assert parse_color("LIME") == (0, 255, 0)
     assert parse_color("#abc") == (0xAA, 0xBB, 0xCC)
@@ -87,10 +87,10 @@ def test_composite_rounds_rather_than_truncates():
     assert int(image.max()) == 255 and int(image.min()) == 255
 
 
-def test_named_colour_is_pil_green():
+def test_named_green_is_a_green_screens_green():
     fgr = solid((255, 255, 255), 2, 2)
     image, _ = composite(fgr, torch.zeros(1, 1, 2, 2), parse_background("green"), fgr)
-    assert close_to(image[0, 0].numpy(), (0, 128, 0))
+    assert close_to(image[0, 0].numpy(), (0, 255, 0))
 
 
 def test_threshold_gives_a_hard_mask():

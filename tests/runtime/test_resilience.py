@@ -115,6 +115,7 @@ def call(server, method, path, body=None, token=None):
     host, port = server.address
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")  # the control API takes JSON only
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import urllib.parse
 
 import cv2
 import numpy as np
@@ -11,7 +13,8 @@ import pytest
 from helpers import FakeController, request
 
 from rvm_live.errors import ConfigError
-from rvm_live.serve.control import MAX_BODY, TOKEN_ENV, ControlServer, is_loopback, parse_address
+from rvm_live.serve.control import TOKEN_ENV, ControlServer, is_loopback, parse_address
+from rvm_live.serve.http import MAX_BODY
 
 
 @pytest.fixture
@@ -172,3 +175,61 @@ def test_address_helpers():
     for bad in ("host:", "host:99999", "a:b:c", ""):
         with pytest.raises(ConfigError, match="control address"):
             parse_address(bad)
+
+
+def test_metrics_speak_plain_words_and_count_outages(server, controller, monkeypatch):
+    monkeypatch.setattr(controller, "stats", lambda stream=None: {
+        **FakeController.stats(controller), "source_outages": 2, "source_outage_s": 1.5, "quality_changes": 1,
+        "engine": "onnxruntime"})
+    text = request(server, "GET", "/metrics")[1]
+    lines = set(text.splitlines())
+    assert 'rvm_live_model_info{backbone="mobilenetv3",device="cpu",engine="onnxruntime"} 1.0' in lines
+    assert "# TYPE rvm_live_source_outages_total counter" in lines
+    assert 'rvm_live_source_outages_total{stream="0"} 2.0' in lines
+    assert 'rvm_live_source_outage_seconds_total{stream="0"} 1.5' in lines
+    assert "# HELP rvm_live_fps_out Output frames per second, over the run" in lines
+    helps = [line for line in lines if line.startswith("# HELP")]
+    assert helps and not [h for h in helps if "stats[" in h or "'" in h]
+
+
+def test_metrics_without_an_engine_still_name_the_model(server):
+    assert 'rvm_live_model_info{backbone="mobilenetv3",device="cpu"} 1.0' in request(server, "GET", "/metrics")[1]
+
+
+def test_stats_say_which_colour_a_named_background_is(server, controller):
+    assert request(server, "GET", "/stats")[1]["background_color"] == "#00ff00"  # a green screen's green
+    request(server, "POST", "/background", {"bg": "#123"})
+    assert request(server, "GET", "/stats")[1]["background_color"] == "#112233"
+    request(server, "POST", "/background", {"bg": "blur:8"})
+    assert "background_color" not in request(server, "GET", "/stats")[1]
+
+
+class CafeController(FakeController):
+    stream_id = "café ☕"
+
+
+def test_a_non_ascii_stream_id_is_reachable_by_its_url(start_control):
+    controller = CafeController()
+    server = start_control(controller)
+    quoted = urllib.parse.quote("café ☕")
+    assert request(server, "GET", "/streams")[1]["streams"][0]["id"] == "café ☕"
+    assert request(server, "GET", f"/streams/{quoted}/stats")[0] == 200
+    assert request(server, "POST", f"/streams/{quoted}/pause")[:2] == (200, {"ok": True})
+    assert controller.calls == ["pause"]
+    assert request(server, "GET", "/streams/caf%E9/stats")[0] == 404  # Latin-1, not UTF-8: another id
+
+
+def test_error_answers_do_not_show_where_we_are_installed(server):
+    for path in ("/static/" + "a" * 300, "/static/" + "%2e" * 200, "/static/x%00y"):
+        status, body, _ = request(server, "GET", path)
+        assert status == 404 and "rvm_live" not in json.dumps(body) and "/" not in body["error"], path
+
+
+def test_a_port_in_use_is_one_clear_error(controller):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"control API: cannot listen on 127.0.0.1:{port}: address already "
+                                              "in use .*another rvm-live"):
+            ControlServer(controller, "127.0.0.1", port)

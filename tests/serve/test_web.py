@@ -51,7 +51,8 @@ class Daemon:
 
     def api(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, headers={"Authorization": f"Bearer {TOKEN}"})
+        req = urllib.request.Request(self.url + path, data=data, headers={"Authorization": f"Bearer {TOKEN}",
+                                                                            "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 

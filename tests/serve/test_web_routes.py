@@ -7,62 +7,22 @@ import http.client
 import io
 import json
 import struct
-import threading
+import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers import Feeder, TapController
 from PIL import Image
 
-from rvm_live.frame import Frame
 from rvm_live.io.sinks.base import create_sink
 from rvm_live.io.sinks.mjpeg import MjpegTap, encode_jpeg
-from rvm_live.serve.web import BOUNDARY, MAX_PIXELS, MAX_UPLOAD, PREVIEW_FPS
+from rvm_live.serve.web import BOUNDARY, MAX_PIXELS, MAX_STREAM_FPS, MAX_UPLOAD, PREVIEW_FPS
 
 TOKEN = "page-token"
-
-
-class TapController:
-    """A controller whose output is the preview tap; records backgrounds set through the API."""
-
-    def __init__(self) -> None:
-        self.tap = MjpegTap()
-        self.sinks = [self.tap]
-        self.backgrounds: list[str] = []
-
-    def health(self):
-        return {"ok": True}
-
-    def stats(self):
-        return {"frames_in": 0, "frames_out": 0, "background": (self.backgrounds or ["green"])[-1]}
-
-    def set_background(self, spec):
-        image = cv2.imread(spec)  # like the pipeline: the file is read when set
-        if image is None:
-            raise OSError(f"cannot read {spec}")
-        self.backgrounds.append(spec)
-
-    def pause(self): ...
-    def resume(self): ...
-    def reset(self): ...
-
-
-class Feeder:
-    """Writes numbered solid-colour frames into the tap from its own thread, like a sink worker."""
-
-    def __init__(self, tap: MjpegTap, fps: float = 100.0) -> None:
-        self.tap, self.period = tap, 1.0 / fps
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        index = 0
-        while not self.stop.wait(self.period):
-            image = np.full((48, 64, 3), (index * 7) % 256, np.uint8)
-            self.tap.write(Frame(index, time.monotonic_ns(), "test", image))
-            index += 1
 
 
 @pytest.fixture
@@ -73,11 +33,8 @@ def controller():
 @pytest.fixture
 def server(controller, start_control):
     srv = start_control(controller, TOKEN)
-    feeder = Feeder(controller.tap)
-    feeder.thread.start()
-    yield srv
-    feeder.stop.set()
-    feeder.thread.join(2)
+    with Feeder(controller.tap):
+        yield srv
     controller.tap.close()
 
 
@@ -188,9 +145,11 @@ def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(serv
 def test_stream_rate_can_be_asked_for_within_limits(server):
     parts, elapsed = count_parts(server, "/stream.mjpg?fps=3")
     assert parts <= 3 * elapsed + 2
-    for bad in ("0", "-1", "61", "fast", "nan"):
+    parts, elapsed = count_parts(server, "/stream.mjpg?fps=1000")  # kept to the maximum
+    assert parts <= MAX_STREAM_FPS * elapsed + 2
+    for bad in ("0", "-1", "fast", "nan", "inf", "1e999"):
         status, _, body = call(server, "GET", f"/stream.mjpg?fps={bad}", headers=auth())
-        assert status == 400 and "expected a number in (0, 60]" in json.loads(body)["error"], bad
+        assert status == 400 and "expected a positive number" in json.loads(body)["error"], bad
 
 
 def test_stream_ends_when_the_output_closes(server, controller):
@@ -270,3 +229,26 @@ def test_transparent_output_is_previewed_over_a_checkerboard():
     assert bgr[32, 32, 2] > 240 and bgr[32, 32, 1] < 15
     with pytest.raises(ValueError, match="H x W x 3/4 uint8"):
         encode_jpeg(np.zeros((4, 4), np.uint8))
+
+
+def test_uploads_are_removed_when_the_server_closes(controller, start_control):
+    server = start_control(controller, TOKEN)
+    status, _, body = call(server, "POST", "/background/image", png_bytes(), auth(**{"Content-Type": "image/png"}))
+    assert status == 200, body
+    folder = Path(json.loads(body)["bg"]).parent
+    assert folder.name.startswith("rvm-live-upload-") and folder.is_dir()
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"  # private to the user
+    server.close()
+    assert not folder.exists()
+
+
+def test_a_failed_upload_leaves_nothing(controller, server, monkeypatch):
+    before = set(Path(tempfile.gettempdir()).glob("rvm-live-upload-*"))
+
+    def refuse(spec, stream=None):
+        raise OSError("the pipeline cannot use it")
+
+    monkeypatch.setattr(controller, "set_background", refuse)
+    status, _, body = call(server, "POST", "/background/image", png_bytes(), auth(**{"Content-Type": "image/png"}))
+    assert status == 422 and json.loads(body) == {"error": "the pipeline cannot use it"}
+    assert set(Path(tempfile.gettempdir()).glob("rvm-live-upload-*")) == before

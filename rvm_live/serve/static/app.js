@@ -1,7 +1,8 @@
 // rvm-live web page: preview, background controls, pause/resume/reset and live stats.
 // Plain script, no build step. The control token (if the daemon has one) comes from the address
 // (#token=... or ?token=...) or the form, is kept for this tab only, and goes out as a bearer header;
-// the preview <img> cannot send headers, so /stream.mjpg gets it as ?token=.
+// the preview <img> cannot send headers, so /stream.mjpg gets it as ?token=. With several streams a picker
+// chooses the one the preview, the stats and every control act on.
 "use strict";
 
 const TOKEN_KEY = "rvm-live-token";
@@ -11,6 +12,8 @@ const samples = [];  // {fps, p95} once a second, the last minute
 const FPS_WINDOW = 5;  // seconds
 const recent = [];    // the last few stats samples, for fps from deltas
 let token = takeToken();
+let stream = null;  // the picked stream's id; null while the daemon runs one stream
+let uploadedName = null;  // what this tab last uploaded, to name it in Settings
 
 function takeToken() {
   const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -29,8 +32,13 @@ function say(text, isError = true) {
   el.style.color = isError ? "" : "var(--dim)";
 }
 
+// the routes of the picked stream: /streams/<id>/... when there are several, the plain ones otherwise
+const streamPath = (path) => (stream === null ? path : "/streams/" + encodeURIComponent(stream) + path);
+const streamQuery = () => (stream === null ? "" : "stream=" + encodeURIComponent(stream));
+
 async function api(method, path, body, contentType = "application/json") {
   const headers = {};
+  if (method === "POST" && body === undefined) body = "{}";  // the API takes JSON only on what changes state
   if (token) headers["Authorization"] = "Bearer " + token;
   if (body !== undefined) headers["Content-Type"] = contentType;
   const res = await fetch(path, { method, headers, body, cache: "no-store" });
@@ -49,14 +57,15 @@ async function act(label, method, path, body, contentType) {
   }
 }
 
-const setBackground = (bg) => act("background: " + bg, "POST", "/background", JSON.stringify({ bg }));
+const setBackground = (bg) => act("background: " + bg, "POST", streamPath("/background"), JSON.stringify({ bg }));
 
 function startPreview() {
   const img = $("preview");
-  const query = token ? "?token=" + encodeURIComponent(token) : "";
-  $("stream-url").textContent = location.origin + "/stream.mjpg" + (token ? "?token=…" : "");
+  const params = [streamQuery(), token ? "token=" + encodeURIComponent(token) : ""].filter(Boolean);
+  const shown = [streamQuery(), token ? "token=…" : ""].filter(Boolean);
+  $("stream-url").textContent = location.origin + "/stream.mjpg" + (shown.length ? "?" + shown.join("&") : "");
   img.onerror = () => setTimeout(startPreview, 2000);  // the daemon restarted or the token changed
-  img.src = "/stream.mjpg" + query + (query ? "&" : "?") + "t=" + Date.now();
+  img.src = "/stream.mjpg?" + [...params, "t=" + Date.now()].join("&");
 }
 
 function upload(file) {
@@ -64,7 +73,9 @@ function upload(file) {
   const types = ["image/png", "image/jpeg", "image/webp"];
   if (!types.includes(file.type)) return say("upload: " + (file.type || "this file") + " is not PNG, JPEG or WebP");
   if (limit && file.size > limit) return say(`upload: ${file.size} bytes is over the ${limit}-byte limit`);
-  act("background: " + file.name, "POST", "/background/image", file, file.type);
+  uploadedName = file.name;
+  const query = streamQuery();
+  act("background: " + file.name, "POST", "/background/image" + (query ? "?" + query : ""), file, file.type);
 }
 
 function fmt(value, digits = 1) {
@@ -74,7 +85,7 @@ function fmt(value, digits = 1) {
 async function poll() {
   let stats;
   try {
-    stats = await api("GET", "/stats");
+    stats = await api("GET", streamPath("/stats"));
   } catch (err) {
     $("state").textContent = "offline";
     $("state").className = "badge down";
@@ -109,8 +120,10 @@ async function poll() {
 }
 
 function showSettings(stats) {
+  showSwatch(stats.background_color);
   const rows = {
-    background: stats.background,
+    background: backgroundName(stats.background),
+    engine: stats.engine,
     backbone: stats.backbone,
     device: stats.device,
     quality: stats.quality,
@@ -130,6 +143,44 @@ function showSettings(stats) {
     dd.id = "setting-" + key.replace(" ", "-");
     dl.append(dt, dd);
   }
+}
+
+// an upload is a file in the daemon's private temporary folder: name it, not its path
+function backgroundName(bg) {
+  if (typeof bg !== "string" || !bg.includes("/rvm-live-upload-")) return bg;
+  return "uploaded image" + (uploadedName ? " (" + uploadedName + ")" : "");
+}
+
+// the swatch shows the colour the daemon really uses (it names "green" the green of a green screen)
+function showSwatch(hex) {
+  const input = $("color");
+  if (typeof hex === "string" && document.activeElement !== input && input.value !== hex) input.value = hex;
+}
+
+async function loadStreams() {
+  let listed = [];
+  try {
+    listed = (await api("GET", "/streams")).streams || [];
+  } catch (err) {
+    return;  // the token form or the offline badge says why
+  }
+  const picker = $("stream");
+  $("stream-picker").hidden = listed.length < 2;
+  if (listed.length < 2) {
+    stream = null;
+    return;
+  }
+  picker.replaceChildren(...listed.map((s) => new Option(String(s.id), String(s.id))));
+  if (!listed.some((s) => String(s.id) === stream)) stream = String(listed[0].id);
+  picker.value = stream;
+}
+
+function pickStream(id) {
+  stream = id;
+  samples.length = 0;
+  recent.length = 0;
+  startPreview();
+  poll();
 }
 
 function drawChart() {
@@ -166,20 +217,27 @@ function wire() {
   $("transparent").addEventListener("click", () => setBackground("transparent"));
   $("upload").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0]));
   for (const name of ["pause", "resume", "reset"]) {
-    $(name).addEventListener("click", () => act(name, "POST", "/" + name));
+    $(name).addEventListener("click", () => act(name, "POST", streamPath("/" + name)));
   }
-  $("token-form").addEventListener("submit", (e) => {
+  $("stream").addEventListener("change", (e) => pickStream(e.target.value));
+  $("token-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     token = $("token").value.trim();
     sessionStorage.setItem(TOKEN_KEY, token);
     $("token-form").hidden = true;
     say("", false);
+    await loadStreams();
     startPreview();
     poll();
   });
 }
 
-wire();
-startPreview();
-poll();
-setInterval(poll, 1000);
+async function main() {
+  wire();
+  await loadStreams();
+  startPreview();
+  poll();
+  setInterval(poll, 1000);
+}
+
+main();
