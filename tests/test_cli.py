@@ -143,6 +143,34 @@ def test_devices_and_doctor_run():
     assert "Traceback" not in doctor.stderr
 
 
+@pytest.mark.parametrize("command", ["devices", "doctor"])
+def test_helper_subcommands_print_help_instead_of_running(command):
+    proc = rvm_live(command, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: rvm-live {command}")
+    assert "cameras:" not in proc.stdout and "[ok]" not in proc.stdout and "[FAIL]" not in proc.stdout
+    unknown = rvm_live(command, "--bogus")
+    assert unknown.returncode == 2 and "--bogus" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_version_is_the_package_version():
+    from rvm_live import __version__
+
+    proc = rvm_live("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rvm-live {__version__}"
+
+
+def test_every_flag_has_a_description():
+    from rvm_live.cli import build_parser
+
+    undescribed = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and not a.help]
+    assert undescribed == []
+
+
+def test_an_unknown_preset_lists_the_shipped_ones(tmp_path):
+    proc = rvm_live("--config", "defualt", cwd=tmp_path)
+    assert proc.returncode == 2 and "defualt" in proc.stderr and all(n in proc.stderr for n in preset_names())
+
+
 def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone_path):
     import urllib.request
 
