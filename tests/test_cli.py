@@ -63,6 +63,16 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, args, culprit, code)
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("live", [False, True])
+def test_missing_onnx_weights_is_one_line(tmp_path, live):
+    realtime = ["--realtime"] if live else []  # live: the fast full-resolution path loads the export itself
+    proc = rvm_live("--weights", str(tmp_path / "nonexistent.onnx"), *realtime, "--max-frames", "2", "-o", "null",
+                    cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"rvm-live: error: weights file not found: {tmp_path / 'nonexistent.onnx'}"
+
+
 def test_corrupt_file_is_named(tmp_path, carphone_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(carphone_path.read_bytes()[:2000] + os.urandom(5000))
