@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .compositing.colors import parse_color
+from .compositing.colors import color_hint, parse_color
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -174,7 +174,7 @@ def _colour(v: Any) -> str:
     try:
         parse_color(v)
     except ValueError:
-        raise _Bad("a colour name or #rrggbb") from None
+        raise _Bad(f"a colour name or #rrggbb{color_hint(v)}") from None
     return v
 
 

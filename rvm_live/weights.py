@@ -128,6 +128,29 @@ def detect_backbone(state: dict[str, torch.Tensor]) -> str:
     raise WeightsError("not an RVM state dict: it has neither a MobileNetV3 nor a ResNet50 backbone")
 
 
+# The stem convolution's weight shape, the first convolution of every RVM export: it tells the backbones apart
+# in an ONNX export, whose folded convolutions carry no names (tests check this against MattingNetwork).
+STEM_SHAPES = {(16, 3, 3, 3): "mobilenetv3", (64, 3, 7, 7): "resnet50"}
+
+
+def file_backbone(path: str | Path) -> str | None:
+    """Which backbone the weights file at ``path`` holds (``.pth``, ``.torchscript``, ``.onnx``), or None when
+    it is not recognisably RVM's. Reads the file: call it once per file, not per frame."""
+    path = Path(path)
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(str(path), load_external_data=False).graph
+            shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+            stem = next((shapes.get(n.input[1]) for n in graph.node if n.op_type == "Conv"), None)
+            return STEM_SHAPES.get(stem)
+        return detect_backbone(_load_state_dict_file(path))
+    except Exception:  # unreadable or not RVM: loading it will say why, naming the file
+        log.debug("cannot tell the backbone of %s", path, exc_info=True)
+        return None
+
+
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix in (".torchscript", ".pt", ".jit"):
         state = torch.jit.load(str(path), map_location="cpu").state_dict()

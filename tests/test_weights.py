@@ -209,3 +209,19 @@ def test_unusable_cached_source_falls_through_to_the_next(empty_cache, official_
         pha = model(torch.rand(1, 3, 64, 64), downsample_ratio=0.5)[1]
     assert pha.shape == (1, 1, 64, 64)
     assert weights.official_asset("mobilenetv3", "fp32.onnx") in weights.candidate_assets("mobilenetv3")
+
+
+@pytest.mark.parametrize("backbone", weights.BACKBONES)
+def test_stem_shapes_match_the_networks(backbone):
+    from rvm_live.model.fold import conv_bn_pairs
+
+    parent, name, _ = conv_bn_pairs(MattingNetwork(backbone))[0]
+    assert weights.STEM_SHAPES[tuple(getattr(parent, name).weight.shape)] == backbone
+
+
+def test_file_backbone_tells_the_backbones_apart(tmp_path, official_onnx_path):
+    assert weights.file_backbone(official_onnx_path) == "mobilenetv3"
+    torch.save(MattingNetwork("resnet50").state_dict(), tmp_path / "r.pth")
+    assert weights.file_backbone(tmp_path / "r.pth") == "resnet50"
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert weights.file_backbone(tmp_path / "junk.onnx") is None
