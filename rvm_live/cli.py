@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
     inf.add_argument("--engine", choices=("auto", *ENGINES),
-                     help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
-                          "onnxruntime")
+                     help="auto (default: onnxruntime for live sources on the CPU with MobileNetV3, torch for file "
+                          "jobs and elsewhere: the faster, as measured), torch, onnxruntime")
     inf.add_argument("--quality", choices=("auto", "fixed"),
                      help="live sources: auto (default) lowers/raises the internal resolution to hold the source's "
                           "frame rate; fixed keeps --downsample. File jobs never change quality")

@@ -43,6 +43,11 @@ def test_demo_job_writes_file_and_stats(tmp_path):
     assert stats["fps_out"] > 0 and stats["frames_dropped"] == 0
 
 
+def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
+    proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
+    assert proc.returncode == 0 and "(torch engine)" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(("args", "culprit", "code"), [
     (["--bogus-flag"], "--bogus-flag", 2),
     (["--bg", "notacolour", "-o", "x.mp4"], "notacolour", 2),
