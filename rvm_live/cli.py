@@ -262,8 +262,7 @@ def _finish(pipeline: Any, config: Config, code: int) -> int:
     """Log the summary and write the stats JSON (whatever happened); a failed write fails the run."""
     stats = pipeline.stats() if pipeline is not None else None
     if stats and stats["frames_in"]:
-        log.info("frames in %d, out %d, dropped %d, %.1f fps", stats["frames_in"], stats["frames_out"],
-                 stats["frames_dropped"], stats["fps_out"])
+        log.info("%s", summary_line(stats))
     try:
         _write_stats(config.stats_json, stats)
     except OSError as exc:
@@ -274,6 +273,24 @@ def _finish(pipeline: Any, config: Config, code: int) -> int:
 def _subcommand_parser(name: str, description: str) -> OneLineParser:
     """The parser of a flagless subcommand: ``--help`` prints ``description``; any other argument is an error."""
     return OneLineParser(prog=f"rvm-live {name}", description=description)
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    """The run's counts in terms that add up: every frame in was matted (out), dropped before the network
+    (a live source's queue keeps the freshest), or still queued when the run stopped. ``frames_dropped`` also
+    counts frames an output dropped after they were matted (a slow or reconnecting output): those are in
+    "out" as well, so they are listed apart instead of being added to the first drops."""
+    per_stream = stats.get("streams") or {"": stats}
+    at_outputs = sum(sink.get("dropped", 0) for one in per_stream.values()
+                     for sink in (one.get("sinks") or {}).values())
+    before = stats["frames_dropped"] - at_outputs
+    unfinished = stats["frames_in"] - stats["frames_out"] - before
+    parts = [f"frames in {stats['frames_in']}, out {stats['frames_out']}, dropped {before} before inference"]
+    if at_outputs:
+        parts.append(f"{at_outputs} dropped at outputs after matting")
+    if unfinished:
+        parts.append(f"{unfinished} still queued at the stop")
+    return ", ".join(parts) + f"; {stats['fps_out']:.1f} fps"
 
 
 def devices(argv: list[str]) -> int:

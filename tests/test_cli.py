@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from media import decode_file
 
-from rvm_live.cli import ConfigSource
+from rvm_live.cli import ConfigSource, summary_line
 from rvm_live.config import Config, load_toml, preset_names
 from rvm_live.errors import ConfigError
 
@@ -41,6 +41,20 @@ def test_demo_job_writes_file_and_stats(tmp_path):
     assert set(stats["latency_ms"]) == {"p50", "p95", "max"} and stats["latency_ms"]["p50"] > 0
     assert stats["backbone"] == "mobilenetv3" and stats["device"] == "cpu" and stats["downsample_ratio"] == 1.0
     assert stats["fps_out"] > 0 and stats["frames_dropped"] == 0
+
+
+def test_summary_counts_add_up():
+    # the run: one frame dropped by the output after it was matted was counted in "out" and "dropped"
+    stats = {"frames_in": 600, "frames_out": 467, "frames_dropped": 134, "fps_out": 29.94,
+             "sinks": {"vcam": {"dropped": 1}}}
+    assert summary_line(stats) == ("frames in 600, out 467, dropped 133 before inference, 1 dropped at outputs "
+                                   "after matting; 29.9 fps")
+    stopped = {"frames_in": 50, "frames_out": 46, "frames_dropped": 2, "fps_out": 10.0, "sinks": {"a.mp4": {}}}
+    assert summary_line(stopped) == ("frames in 50, out 46, dropped 2 before inference, 2 still queued at the "
+                                     "stop; 10.0 fps")
+    two = {"frames_in": 20, "frames_out": 18, "frames_dropped": 3, "fps_out": 5.0,
+           "streams": {"a": {"sinks": {"null": {"dropped": 1}}}, "b": {"sinks": {"null": {"dropped": 0}}}}}
+    assert summary_line(two).startswith("frames in 20, out 18, dropped 2 before inference, 1 dropped at outputs")
 
 
 def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
