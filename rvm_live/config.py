@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .compositing.colors import parse_color
+from .compositing.colors import color_hint, parse_color
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -23,7 +23,10 @@ QUALITIES = ("auto", "fixed")
 FULLRES_MODES = ("auto", "exact", "fast")
 ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The presets: inside the installed package (a wheel carries a copy, see rvm_live/_build.py), or the
+# top-level configs/ of a source checkout (an editable install), their one source.
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CHECKOUT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _colour(v: Any) -> str:
     try:
         parse_color(v)
     except ValueError:
-        raise _Bad("a colour name or #rrggbb") from None
+        raise _Bad(f"a colour name or #rrggbb{color_hint(v)}") from None
     return v
 
 
@@ -281,11 +284,12 @@ def load_toml(path: str | Path, *, base: Config | None = None) -> Config:
     """Load a TOML preset. ``path`` may be a file or the name of a preset in ``configs/``."""
     p = Path(path)
     if not p.exists() and not p.suffix:
-        p = CONFIG_DIR / f"{path}.toml"
+        p = preset_dir() / f"{path}.toml"
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        presets = f" (presets: {', '.join(preset_names())})" if not Path(path).suffix else ""
+        raise ConfigError(f"config file not found: {path}{presets}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -293,6 +297,13 @@ def load_toml(path: str | Path, *, base: Config | None = None) -> Config:
     return config_from_mapping(data, origin=str(path), base=base)
 
 
+def preset_dir() -> Path:
+    """Where the shipped presets are: the installed package's copy, else the source checkout's ``configs/``."""
+    if any(PACKAGE_CONFIG_DIR.glob("*.toml")):
+        return PACKAGE_CONFIG_DIR
+    return CHECKOUT_CONFIG_DIR
+
+
 def preset_names() -> list[str]:
-    """Names of the presets shipped in ``configs/``."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    """Names of the shipped presets (``--config NAME``)."""
+    return sorted(p.stem for p in preset_dir().glob("*.toml"))

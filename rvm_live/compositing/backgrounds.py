@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import MediaError, one_line
 from ..io._av import av
-from .colors import parse_color
+from .colors import color_hint, parse_color
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def _classify(spec: str) -> tuple[str, object]:
         return "blur", radius
     if _looks_like_path(s):
         raise MediaError(f"background file {s}: not found")
-    raise ValueError(f"background {spec!r}: {_SPEC_HELP}")
+    raise ValueError(f"background {spec!r}: {_SPEC_HELP}{color_hint(s, examples=False)}")
 
 
 def check_background(spec: str) -> str:

@@ -36,12 +36,15 @@ def resolve_dtype(fp16: bool | None, device: torch.device) -> torch.dtype:
     return torch.float16 if fp16 else torch.float32
 
 
-def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None) -> str:
-    """Resolve ``"auto"``: onnxruntime where it is faster and able (CPU, MobileNetV3, the official ONNX export
-    or an .onnx file, onnxruntime installed; see BENCHMARKS.md), torch everywhere else."""
+def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None,
+                live: bool = True) -> str:
+    """Resolve ``"auto"`` by measurement (BENCHMARKS.md, "Which engine auto picks"): onnxruntime for live
+    sources on the CPU (MobileNetV3, the official ONNX export or an .onnx file, onnxruntime installed), where
+    it runs the fast full-resolution path's low-resolution graph; torch for file jobs (``live=False``: the
+    export's exact path ran 2-4x slower than torch's, interleaved), on CUDA and for ResNet50."""
     if engine != "auto":
         return engine
-    if device.type != "cpu" or backbone != "mobilenetv3":
+    if device.type != "cpu" or backbone != "mobilenetv3" or not live:
         return "torch"
     if weights is not None and Path(weights).suffix != ".onnx":
         return "torch"

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import WeightsError, one_line
+
 State = list  # four recurrent state arrays/tensors (None or a 1x1x1x1 zero array: a fresh stream)
 
 
@@ -70,7 +72,12 @@ def lowres_model(path: str | Path):
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise WeightsError(f"{path}: not a readable ONNX model ({one_line(exc)})") from exc
     graph = model.graph
     small, a_name, b_name = find_cut(graph)
     prod, inits = _producers(graph), {t.name for t in graph.initializer}

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import WeightsError, one_line
+
 
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
@@ -36,8 +38,14 @@ def cpu_session(path: str | Path | bytes, threads: int):
     if threads >= usable_cores():
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not isinstance(path, bytes) and not Path(path).is_file():  # onnxruntime's own message is a code dump
+        raise WeightsError(f"weights file not found: {path}")
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+        what = "the serialized model" if isinstance(path, bytes) else str(path)
+        raise WeightsError(f"{what}: onnxruntime cannot load it ({one_line(exc)})") from exc
 
 
 class OrtMattingNetwork:

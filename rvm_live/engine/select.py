@@ -69,7 +69,7 @@ def build_engine(config: Config, *, live: bool = False) -> Engine | FusedEngine:
     if fullres_mode(config, live=live) == "fast":
         return FusedEngine(config)
     kind = pick_engine(config.engine, backbone=config.backbone, weights=config.weights,
-                       device=resolve_device(config.device))
+                       device=resolve_device(config.device), live=live)
     engine = Engine(config.backbone, weights=config.weights, device=config.device, fp16=config.fp16, engine=kind,
                     compile=config.compile, offline=config.offline or None)
     log.info("inference: %s on %s (%s engine)", config.backbone, engine.device, engine.engine)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..engine.matter import Matter, auto_downsample_ratio, check_ratio, pick_engine, resolve_device
+from .feedback import load_average, load_report, load_warning, progress
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,14 @@ def _timed(step: Callable[[np.ndarray], object], frames: list[np.ndarray], devic
 def _alternate(engines: dict[str, Callable[[np.ndarray], object]], frames: list[np.ndarray], warmup: int,
                device: torch.device) -> dict[str, list[float]]:
     """Warm every engine up, then time them in alternating blocks over the same frames."""
+    progress(f"warming up {', '.join(engines)} ({warmup} frames each)")
     for step in engines.values():
         _timed(step, frames[:warmup], device)
     timed = frames[warmup:]
     times: dict[str, list[float]] = {name: [] for name in engines}
     edges = np.linspace(0, len(timed), min(ALTERNATING_BLOCKS, len(timed)) + 1).astype(int)
-    for lo, hi in zip(edges, edges[1:]):
+    for block, (lo, hi) in enumerate(zip(edges, edges[1:]), 1):
+        progress(f"timing block {block}/{len(edges) - 1}: frames {lo}-{hi} of {len(timed)} on each engine")
         for name, step in engines.items():
             # let the previous engine's idle workers (onnxruntime and OpenMP spin-wait after a run) go to
             # sleep, so they do not take cores from the next engine's first frames
@@ -174,9 +177,11 @@ def bench_end_to_end(frames: list[np.ndarray], *, backbone: str, device: str, fp
         source = encode_clip(frames, Path(tmp) / "bench.mp4")
         config = Config(source=str(source), outputs=("null",), device=device, fp16=fp16, backbone=backbone,
                         downsample=downsample, max_frames=len(frames))
+        engine = pick_engine(config.engine, backbone=backbone, device=resolve_device(device), live=False)
+        progress(f"end-to-end: {len(frames)} frames from a file through the pipeline ({engine} engine)")
         stats = run_pipeline(config)
     return {"available": True, "frames_out": stats.get("frames_out"), "fps": stats.get("fps_out"),
-            "latency_ms": stats.get("latency_ms")}
+            "latency_ms": stats.get("latency_ms"), "engine": engine}
 
 
 def _check_args(width: int, height: int, frames: int, threads: int | None) -> None:
@@ -211,9 +216,11 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
               engine: str = "auto") -> dict[str, Any]:
     """Run the benchmark and return its report (see the module docstring for what each section means)."""
     _check_args(width, height, frames, threads)
+    load_before = load_average()
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
+    progress(f"{backbone} {width}x{height}: loading the model and {frames} frames")
     dev = resolve_device(device)
     ratio = auto_downsample_ratio(height, width) if downsample == "auto" else check_ratio(float(downsample))
     warmup = max(3, min(10, frames // 5))
@@ -225,7 +232,7 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
         "settings": {"width": width, "height": height, "backbone": backbone, "device": str(dev),
                      "dtype": str(matter.dtype).removeprefix("torch."), "threads": threads,
                      "downsample_ratio": round(ratio, 6), "frames": frames, "warmup": warmup,
-                     "engine": matter.engine},
+                     "engine": matter.engine, "auto_engine": auto_engines(backbone, dev, weights)},
     }
     engines: dict[str, Callable[[np.ndarray], object]] = {"model": matter.step}
     if matter.engine != "torch":  # the daemon's default on this machine is not torch: time torch as well
@@ -273,7 +280,14 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
             report["end_to_end"] = {"available": False, "reason": f"failed: {type(exc).__name__}: {exc}"}
     else:
         report["end_to_end"] = {"available": False, "reason": "skipped (--no-e2e)"}
+    report["load"] = load_report(load_before, load_average(), own_cores=threads)
     return report
+
+
+def auto_engines(backbone: str, device: torch.device, weights: str | None) -> dict[str, str]:
+    """What ``--engine auto`` runs for each job kind on this machine (loading.pick_engine)."""
+    return {kind: pick_engine("auto", backbone=backbone, device=device, weights=weights, live=kind == "live")
+            for kind in ("live", "file")}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -285,9 +299,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
              f"torch {report['machine']['torch']}",
              f"{'':24}{'fps':>9}{'p50 ms':>10}{'p95 ms':>10}"]
+    e2e = report["end_to_end"]
     rows = [(f"model ({s['engine']} engine)", report["model"]), ("model (torch engine)", report.get("model_torch")),
-            ("roundtrip (GPU)", report.get("roundtrip")),
-            ("onnxruntime (official)", report["onnxruntime"]), ("end-to-end", report["end_to_end"])]
+            ("roundtrip (GPU)", report.get("roundtrip")), ("onnxruntime (official)", report["onnxruntime"]),
+            (f"end-to-end ({e2e['engine']})" if "engine" in e2e else "end-to-end", e2e)]
     for name, row in rows:
         if row is None:
             continue
@@ -302,7 +317,18 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"ours / onnxruntime throughput: {report['ratio_vs_onnxruntime']:.2f}x"
                      + (f" (torch engine {report['torch_ratio_vs_onnxruntime']:.2f}x)"
                         if "torch_ratio_vs_onnxruntime" in report else ""))
-    return "\n".join(lines)
+    return "\n".join(lines + report_notes(report))
+
+
+def report_notes(report: dict[str, Any]) -> list[str]:
+    """The lines under the table: what auto picks, how to read model against end-to-end, a busy machine."""
+    auto = report["settings"].get("auto_engine")
+    notes = [f"--engine auto picks {auto['live']} for live sources and {auto['file']} for file jobs"] if auto else []
+    if report["end_to_end"].get("fps") is not None:
+        notes.append("model: one frame at a time, each waiting for the last (latency); end-to-end: decoding, "
+                     "the network and the output overlap on separate threads, so its fps can exceed the model's")
+    warning = load_warning(report.get("load") or {})
+    return notes + ([warning] if warning else [])
 
 
 def _downsample_arg(value: str) -> str | float:

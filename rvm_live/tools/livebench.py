@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..io.sinks.null import NullSink
+from .feedback import load_report, load_warning, progress
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,10 @@ def fidelity(recorded: dict[int, np.ndarray], reference: list[np.ndarray]) -> di
     if not pairs:
         return {"frames": 0, "mean_abs_alpha": None, "max_abs_alpha": None}
     diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in pairs]
+    # max is one pixel anywhere in the clip; the share of pixels off by more than half says how many there are
+    flipped = float(np.mean([(d > 127).mean() for d in diffs]))
     return {"frames": len(pairs), "mean_abs_alpha": round(float(np.mean([d.mean() for d in diffs])) / 255, 5),
-            "max_abs_alpha": round(max(int(d.max()) for d in diffs) / 255, 4)}
+            "max_abs_alpha": round(max(int(d.max()) for d in diffs) / 255, 4), "share_over_half": round(flipped, 6)}
 
 
 def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float = 20.0, hog: bool = False,
@@ -177,6 +180,8 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
         config = Config(source=str(source), realtime=True, loop=True, outputs=("null",), device="cpu",
                         engine=engine, fullres=fullres, downsample=downsample, queue_size=queue_size,
                         log_level="warning")
+        progress(f"playing a {width}x{height} clip at {fps:g} fps for {seconds:g} s ({live_engine(config)} engine, "
+                 f"fullres {fullres_mode(config, live=True)})")
         if hog:
             with CpuHog():
                 stats, samples, used = run_pipeline_sampled(config, sink, seconds)
@@ -188,9 +193,11 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
         "machine": machine_info(),
         "settings": {"width": width, "height": height, "fps": fps, "seconds": seconds, "hog": hog,
                      "fullres": fullres, "fullres_used": fullres_mode(config, live=True), "engine": engine,
+                     "engine_used": live_engine(config),
                      "downsample": downsample, "threads": threads,
                      "queue_size": queue_size},
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+        "load": load_report(load_before[0], load_after[0], own_cores=used["cpu_s"] / used["t"]),
         "cores_used": round(used["cpu_s"] / used["t"], 2),  # CPU time we got per second: what others left us
         # what one output frame cost the cores (first inferences included): on idle cores fps <= cores*1000/this
         "cpu_ms_per_frame_out": round(1000 * used["cpu_s"] / max(stats["frames_out"], 1), 1),
@@ -201,9 +208,20 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
         "ratio_over_time": ratio_timeline(samples),
     }
     if fidelity_frames:
+        progress(f"fidelity: {len(played)} frames through the exact path at fixed quality")
         reference = reference_alphas(played, threads=threads)
         report["fidelity"] = fidelity(sink.alphas, reference)
     return report
+
+
+def live_engine(config: Any) -> str:
+    """The engine the daemon runs for ``config``'s live source (what ``auto`` resolves to)."""
+    import torch
+
+    from ..engine.loading import pick_engine
+
+    return pick_engine(config.engine, backbone=config.backbone, device=torch.device("cpu"), weights=config.weights,
+                       live=True)
 
 
 def format_live_report(report: dict[str, Any]) -> str:
@@ -213,7 +231,9 @@ def format_live_report(report: dict[str, Any]) -> str:
     ratios = ", ".join(f"{t:g}s: {r}" for t, r in report["ratio_over_time"])
     return "\n".join([
         f"rvm-live bench --live: {s['width']}x{s['height']}@{s['fps']:g} for {s['seconds']:g} s, fullres "
-        f"{s['fullres_used']}, engine {s['engine']}, downsample {s['downsample']}"
+        f"{s['fullres_used']}, engine {s['engine']}"
+        + (f" ({s['engine_used']})" if s.get("engine_used") and s["engine_used"] != s["engine"] else "")
+        + f", downsample {s['downsample']}"
         + (", CPU hog on core 0" if s["hog"] else ""),
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; load average "
         f"{report['load_average_1min']['before']} -> {report['load_average_1min']['after']}, this process used "
@@ -223,5 +243,7 @@ def format_live_report(report: dict[str, Any]) -> str:
         f"latency p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms",
         f"ratio over time: {ratios}",
         f"fidelity vs fixed quality: mean |Δα| {fid.get('mean_abs_alpha')}  max |Δα| {fid.get('max_abs_alpha')}  "
-        f"over {fid.get('frames', 0)} frames",
+        f"over {fid.get('frames', 0)} frames; {100 * (fid.get('share_over_half') or 0):.3f}% of pixels off by more "
+        "than 0.5 (max is a single pixel: an edge that a dropped frame or a lower ratio moved flips from 0 to 1)",
+        *([load_warning(report["load"])] if load_warning(report.get("load") or {}) else []),
     ])

@@ -176,6 +176,32 @@ def test_fp16_on_cpu_runs_fp32_and_says_so_on_the_node(comfy, clip, reference, l
     torch.testing.assert_close(mask, reference[1], atol=1e-4, rtol=0)
 
 
+def test_fp16_note_is_said_once_per_model_load(comfy, clip):
+    for _ in range(3):
+        run(clip[:2], fp16=True, unique_id="3")
+    assert comfy.server.texts == [("3", "fp16 is only used on CUDA: running in fp32 on cpu")]
+    comfy.mm.unload_all_models()
+    run(clip[:2], fp16=True, unique_id="3")  # loaded again: said again
+    assert len(comfy.server.texts) == 2
+
+
+def test_weights_file_of_the_other_backbone_runs_with_its_own_and_says_so(comfy, clip, reference,
+                                                                          official_onnx_path, loads):
+    folder = Path(runtime.register_folder()[0])
+    folder.mkdir(parents=True)
+    shutil.copy(official_onnx_path, folder / "rvm_mobilenetv3_fp32.onnx")
+    _, mask, _ = run(clip[:4], backbone="resnet50", weights="rvm_mobilenetv3_fp32.onnx", unique_id="9")
+    assert loads[0].backbone_name == "mobilenetv3"
+    torch.testing.assert_close(mask, reference[1], atol=1e-4, rtol=0)
+    assert comfy.server.texts == [("9", "rvm_mobilenetv3_fp32.onnx holds mobilenetv3 weights: running backbone "
+                                        "mobilenetv3 (set backbone to mobilenetv3)")]
+
+
+def test_unknown_colour_name_suggests_the_nearest(comfy, clip):
+    with pytest.raises(ValueError, match=r"'grene': unknown colour name \(did you mean green\?\)"):
+        run(clip[:2], bg_color="grene")
+
+
 def test_model_kept_between_runs_and_released_on_unload(comfy, clip, loads):
     for _ in range(3):
         run(clip[:2])
@@ -218,8 +244,10 @@ def test_missing_weights_name_the_file_and_both_places(comfy, clip, tmp_path, mo
     with pytest.raises(WeightsError) as info:
         run(clip[:2], backbone="resnet50")
     message = str(info.value)
-    assert "\n" not in message and "rvm_resnet50.pth" in message
-    assert str(Path(comfy.folder_paths.models_dir) / "rvm") in message and str(tmp_path / "empty-cache") in message
+    folder = Path(comfy.folder_paths.models_dir) / "rvm"
+    # the fix first and short; the URLs tried go to the console
+    assert message.startswith(f"no resnet50 weights: put rvm_resnet50.pth in {folder} or {tmp_path / 'empty-cache'}")
+    assert "\n" not in message and len(message) < 400, message
     with pytest.raises(WeightsError, match="'gone.pth' is not in"):
         run(clip[:2], weights="gone.pth")
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from rvm_live.tools import bench
+from rvm_live.tools.feedback import load_report, load_warning
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,30 @@ def test_main_prints_json_with_skipped_sections(capsys):
     assert out["onnxruntime"] == {"available": False, "reason": "skipped (--no-onnx)"}
     assert out["end_to_end"]["available"] is False
     assert "ratio_vs_onnxruntime" not in out
+
+
+def test_report_names_the_engines_auto_picks_and_the_load(report):
+    assert report["settings"]["auto_engine"] == {"live": "onnxruntime", "file": "torch"}
+    assert report["end_to_end"]["engine"] == "torch"  # a file job
+    assert set(report["load"]) == {"before", "after", "cores", "busy"}
+    text = bench.format_report(report)
+    assert "--engine auto picks onnxruntime for live sources and torch for file jobs" in text
+    assert "end-to-end (torch)" in text and "can exceed the model's" in text
+
+
+def test_a_busy_machine_is_warned_about():
+    assert "the machine was busy" in load_warning(load_report(50.0, 50.0))
+    quiet = load_report(0.0, 1.0, own_cores=1.0)  # the load we made ourselves is not a busy machine
+    assert not quiet["busy"] and load_warning(quiet) is None
+
+
+def test_progress_goes_to_stderr_while_it_runs(capsys):
+    assert bench.main(["--width", "64", "--height", "48", "--frames", "3", "--threads", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays the report alone
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("rvm-live bench: mobilenetv3 64x48: loading")
+    assert any("timing block 1/" in line for line in lines) and any("end-to-end" in line for line in lines)
 
 
 def test_main_prints_a_table(capsys):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rvm_live.tools.livebench import CpuHog, fidelity, ratio_timeline, run_live_bench, steady_fps
+from rvm_live.tools.livebench import CpuHog, fidelity, format_live_report, ratio_timeline, run_live_bench, steady_fps
 
 
 def test_live_bench_reports_fps_latency_ratio_and_fidelity():
@@ -19,6 +19,10 @@ def test_live_bench_reports_fps_latency_ratio_and_fidelity():
     assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
     assert report["ratio_over_time"][0][1] == 1.0  # auto ratio at this size
     assert report["cores_used"] > 0 and report["cpu_ms_per_frame_out"] > 0
+    assert report["settings"]["engine"] == "auto" and report["settings"]["engine_used"] == "onnxruntime"
+    assert set(report["load"]) == {"before", "after", "cores", "busy"}
+    text = format_live_report(report)
+    assert "engine auto (onnxruntime)" in text and "% of pixels off by more than 0.5" in text
     fid = report["fidelity"]
     if fid["frames"]:  # a frame among the first four came out (under heavy load all may be dropped)
         assert fid["mean_abs_alpha"] < 0.05  # same ratio as the fixed-quality run; only dropped frames differ
@@ -40,7 +44,8 @@ def test_report_helpers():
     a = np.zeros((4, 4), np.uint8)
     b = a.copy()
     b[0, 0] = 255
-    assert fidelity({0: a, 7: a}, [b]) == {"frames": 1, "mean_abs_alpha": round(1 / 16, 5), "max_abs_alpha": 1.0}
+    assert fidelity({0: a, 7: a}, [b]) == {"frames": 1, "mean_abs_alpha": round(1 / 16, 5), "max_abs_alpha": 1.0,
+                                           "share_over_half": 1 / 16}
 
 
 def test_bad_live_arguments_are_one_line_errors():
