@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from ..errors import ConfigError, RvmLiveError
+from ..errors import ConfigError, RvmLiveError, one_line
 from .job import DEFAULT_WARMUP, SUMMARY_NAME, JobOptions, run_job
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ def main(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted (run the same command again to resume)", EXIT_INTERRUPTED)
+    except (RvmLiveError, OSError, ValueError, RuntimeError) as exc:  # e.g. no Ray cluster at that address
+        return _fail(f"batch: {one_line(exc)}")
     for record in summary["results"]:
         if record["status"] == "failed":
             error = record["error"]

@@ -83,7 +83,7 @@ def run_job(config: Config, options: JobOptions, *, show_progress: Callable[...,
     bar = show_progress(counter.stats, total=sum(t.frames for t in runnable) or None) if show_progress else None
     try:
         if runnable:
-            _backend(config, options).run(runnable, counter.update, lambda r: _finished(r, results))
+            _backend(config, options).run(runnable, counter.update, lambda r: _finished(r, results, counter))
     finally:
         if bar is not None:
             bar.close()
@@ -129,8 +129,9 @@ def _earlier(task: Task) -> dict[str, Any]:
     return {**task_result(task, "done", frames=probe(task.output).frames), "earlier": True}
 
 
-def _finished(result: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+def _finished(result: dict[str, Any], results: dict[str, dict[str, Any]], counter: FrameCount) -> None:
     results[result["key"]] = result
+    counter.update(result["key"], result["frames"])  # the final count, whatever progress reports missed
     if result["status"] == "failed":
         log.warning("batch: %s failed: %s", result["key"], result["error"])
     else:

@@ -48,7 +48,17 @@ def test_ray_outputs_match_single_runs_and_a_corrupt_clip_fails_alone(cluster, l
     folder, references = library
     bad = corrupt_clip(tmp_path / "damaged.mp4")
     out = tmp_path / "out"
-    summary = run_job(Config(), JobOptions(inputs=(str(folder), bad), outdir=str(out), ray="auto"))
+    bars = []
+
+    def progress(stats, *, total):
+        bars.append((stats, total))
+        return None
+
+    summary = run_job(Config(), JobOptions(inputs=(str(folder), bad), outdir=str(out), ray="auto"),
+                      show_progress=progress)
+    [(stats, total)] = bars
+    assert total == 120  # three 40-frame headers; the bar counts frames of every clip
+    assert stats()["frames_out"] >= 80  # the actors' counts reached the driver
     by_output = {Path(r["output"]).relative_to(out).as_posix(): r for r in summary["results"]}
     for name, reference in references.items():
         assert by_output[name]["status"] == "done" and by_output[name]["frames"] == 40
