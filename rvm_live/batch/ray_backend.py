@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import threading
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 CPUS_PER_CPU_WORKER = 2
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _import_ray() -> Any:
@@ -35,6 +37,17 @@ def _import_ray() -> Any:
     except ImportError:
         raise ConfigError("--ray needs Ray: pip install 'rvm-live[cluster]'") from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """ConfigError at once when nothing listens at a ``HOST:PORT`` address: Ray itself retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # ray://... and other forms: Ray's own checks
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 class _Progress:
@@ -88,6 +101,7 @@ class RayPool:
         if ray.is_initialized():
             return  # an embedding program (or a test) already chose the cluster
         if self.address != "auto":
+            _check_reachable(self.address)
             ray.init(address=self.address, log_to_driver=False)
             return
         try:

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import index_clip
+from conftest import index_clip, rvm_live
 from helpers import corrupt_clip
-from media import decode_file, wait_until
+from media import decode_file, free_port, wait_until
 from test_batch_local import assert_same_pictures
 
 from rvm_live.batch.job import JobOptions, run_job
@@ -93,3 +93,11 @@ def test_an_actor_killed_mid_clip_has_its_task_retried(cluster, tmp_path):
     assert len(watcher.pids) >= 2 and watcher.pids[-1] != killed[0]  # the task ran again, on a new actor
     assert summary["results"][0]["status"] == "done" and summary["results"][0]["frames"] == 300
     assert len(decode_file(out / "long.mp4")) == 300
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path):
+    clip = index_clip(tmp_path / "c.mp4", 3)
+    done = rvm_live("batch", clip, "-o", str(tmp_path / "out"), "--ray", f"127.0.0.1:{free_port()}", timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("rvm-live: error: --ray 127.0.0.1:")
+    assert "no Ray cluster answers there" in done.stderr and "Traceback" not in done.stderr
