@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="rvm-live", argument_default=argparse.SUPPRESS,
                       description="Real-time background matting (Robust Video Matting) from a camera, file or "
                                   "stream to a virtual camera, stream, file or window. Subcommands: devices, "
-                                  "doctor, bench.")
+                                  "doctor, bench, batch.")
     p.add_argument("--version", action="version", version=f"rvm-live {__version__}")
     p.add_argument("--config", metavar="FILE.toml|PRESET", help=f"TOML preset (shipped: {', '.join(preset_names())})")
     src = p.add_argument_group("source")
@@ -123,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 class ConfigSource:
     """Where the run's Config comes from: an optional TOML file, overridden by the command-line flags.
 
-    Kept so that SIGHUP can re-read the file and apply the same flags on top again."""
+    Kept so that SIGHUP can re-read the file and apply the same flags on top again. ``parser``: the daemon's
+    parser with more arguments added (``batch``), whose own keys the caller takes out of ``flags``."""
 
-    def __init__(self, argv: list[str]) -> None:
-        flags = vars(build_parser().parse_args(argv))
+    def __init__(self, argv: list[str], parser: argparse.ArgumentParser | None = None) -> None:
+        flags = vars((parser or build_parser()).parse_args(argv))
         self.path: str | None = flags.pop("config", None)
         self.quiet = bool(flags.pop("quiet", False))  # terminal display only: not part of the Config
         camera = flags.pop("camera", None)
@@ -329,6 +330,13 @@ def doctor(argv: list[str]) -> int:
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
 
+def batch(argv: list[str]) -> int:
+    """``rvm-live batch INPUT... -o OUTDIR``: see ``rvm_live.batch``."""
+    from .batch.command import main as batch_main
+
+    return batch_main(argv)
+
+
 def bench(argv: list[str]) -> int:
     """``rvm-live bench``: see ``rvm_live.tools.bench`` (``--live``: ``livebench``; ``--streams``: ``streambench``)."""
     if any(a == "--streams" or a.startswith("--streams=") for a in argv):
@@ -340,7 +348,7 @@ def bench(argv: list[str]) -> int:
     return bench_module.main(argv)
 
 
-SUBCOMMANDS = {"devices": devices, "doctor": doctor, "bench": bench}
+SUBCOMMANDS = {"devices": devices, "doctor": doctor, "bench": bench, "batch": batch}
 
 
 def main(argv: list[str] | None = None) -> int:
