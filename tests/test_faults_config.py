@@ -22,8 +22,11 @@ from rvm_live.errors import ConfigError
     ("outputs", 5, "a list of output specs"),
     ("outputs", ["a.mp4", 3], "a list of output specs"),
     ("source", 5, "a non-empty string"),
-    ("fps", float("inf"), "a number > 0"),
-    ("fps", float("nan"), "a number > 0"),
+    ("fps", float("inf"), "a number >= 0.1 and <= 1000"),
+    ("fps", float("nan"), "a number >= 0.1 and <= 1000"),
+    ("fps", 1e-300, "a number >= 0.1 and <= 1000"),
+    ("fps", 0.01, "a number >= 0.1 and <= 1000"),
+    ("fps", 1e6, "a number >= 0.1 and <= 1000"),
     ("width", 12.5, "an integer from 1"),
     ("width", True, "an integer from 1"),
     ("crf", 99, "an integer from 0 to 63"),
@@ -70,6 +73,7 @@ def rvm(*args, timeout=120):
 
 @pytest.mark.parametrize(("args", "culprit"), [
     (["--fps", "inf"], "fps = inf"),
+    (["--fps", "1e-300"], "fps = 1e-300: expected a number >= 0.1"),
     (["--downsample", "1e-9"], "downsample = 1e-09"),
     (["--log-level", "loud"], "--log-level"),
 ])
