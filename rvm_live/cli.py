@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .config import BACKBONES, ENGINES, FULLRES_MODES, Config, config_from_mapping, load_toml, preset_names
-from .errors import ConfigError, RvmLiveError
+from .errors import ConfigError, RvmLiveError, SourceError
 
 log = logging.getLogger("rvm_live")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -223,6 +223,12 @@ def run(argv: list[str]) -> int:
         code = EXIT_OK
     except ConfigError as exc:
         code = _fail(str(exc), EXIT_USAGE)
+    except SourceError as exc:
+        if pipeline is None or not pipeline.stop_event.is_set():
+            code = _fail(str(exc))
+        else:  # a stop asked for while a network source was still being opened is no failure
+            log.info("stopped before the source was open (%s)", exc)
+            code = EXIT_OK
     except (RvmLiveError, OSError, ValueError, TypeError) as exc:
         code = _fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler was installed (e.g. a download)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,33 @@ def try_open_sink(url: str, stop: Any, out: Any) -> None:
         out.put({"error": None, "message": ""})
     except Exception as exc:
         out.put({"error": type(exc).__name__, "message": str(exc)})
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends or reads a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
 
 
 class Peer:

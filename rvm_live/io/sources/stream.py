@@ -220,6 +220,12 @@ class StreamSource:
             return av.open(self.target, options=self._options(), timeout=self._timeout)
         except av.ExitError as exc:  # PyAV's open timeout fired
             raise SourceNotReady(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
+        except av.InvalidDataError as exc:
+            if not self.is_network:
+                raise SourceError(f"{self.target}: cannot open: {exc.strerror or one_line(exc)}") from exc
+            # a server that accepts and says nothing (or nothing usable yet) until its own timeout: like one
+            # that is not up, it is waited for (InvalidDataError is also a ValueError, fatal just below)
+            raise SourceNotReady(f"{self.target}: no usable answer ({exc.strerror or one_line(exc)})") from exc
         except (av.ProtocolNotFoundError, ValueError, UnicodeDecodeError) as exc:
             hint = " (this FFmpeg build lacks that protocol)" if isinstance(exc, av.ProtocolNotFoundError) else ""
             raise SourceError(f"{self.target}: cannot open: {one_line(exc)}{hint}") from exc
