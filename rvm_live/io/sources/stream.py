@@ -64,12 +64,16 @@ def url_scheme(spec: str) -> str | None:
     return spec.split("://", 1)[0].lower() if "://" in spec else None
 
 
-def _declared_frames(stream: av.video.stream.VideoStream, fps: float) -> int:
-    """The frame count a file declares: its header's count, else its duration times its rate; 0 if unknown."""
+def _declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                     fps: float) -> int:
+    """The frame count a file declares: its header's count, else the stream's duration times its rate, else the
+    container's (Matroska keeps the duration there only); 0 if unknown."""
     if stream.frames:
         return int(stream.frames)
     if stream.duration and stream.time_base:
         return int(float(stream.duration * stream.time_base) * fps)
+    if container.duration and container.duration > 0:  # in AV_TIME_BASE units (microseconds)
+        return int(container.duration / av.time_base * fps)
     return 0
 
 
@@ -192,7 +196,7 @@ class StreamSource:
         if rate and rate != self.fps:
             log.warning("%s: frame rate %g is not plausible; taking %g (set --fps to choose)", self.target, rate,
                         self.fps)
-        self._declared = _declared_frames(stream, self.fps)
+        self._declared = _declared_frames(container, stream, self.fps)
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
