@@ -17,11 +17,12 @@ from ..bus import Bus, ErrorEvent, QualityChanged
 from ..config import Config, stream_configs
 from ..engine.select import build_engine
 from ..errors import ConfigError, PipelineError, RvmLiveError
+from ..io.files import check_output_files
 from ..io.sinks.base import Sink
 from ..io.sources.base import Source, create_source
 from .capture import CaptureStage
 from .inference import InferenceStage
-from .session import Session
+from .session import Session, default_outputs
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,15 @@ class Daemon:
         # made (not opened) before the model loads: a bad spec fails at once, and the engine depends on liveness
         sources = {sid: sources.get(sid) or create_source(cfg.source, cfg) for sid, cfg in specs}
         live = all(bool(s.live) for s in sources.values())
+        suffix = len(specs) > 1
+        # file outputs writable, none written twice, none a source: said before the model loads
+        check_output_files((sid, cfg.source, default_outputs(cfg, f"-{sid}" if suffix else ""))
+                           for sid, cfg in specs if sid not in sinks)
         self.engine = engine if engine is not None else build_engine(config, live=live)
         self.bus = Bus()
         self.stop_event = threading.Event()
         self.failed = threading.Event()  # a stage failed: outputs close without publishing (files stay .part)
         self.doorbell = threading.Event()
-        suffix = len(specs) > 1
         self.sessions = [
             Session(stream_id, cfg, state=states[i] if states else self.engine.new_state(cfg.downsample),
                     device=self.engine.device, dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed,
