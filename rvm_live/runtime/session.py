@@ -178,7 +178,7 @@ class Session:
     def health(self) -> dict[str, Any]:
         source = "up" if self.source_up else "waiting" if self.reconnects else "down"
         return {"source_up": self.source_up, "source": source, "paused": self.paused.is_set(), "ended": self.ended,
-                "background_error": self.background_error()}
+                "background_error": self.background_error(), "outputs": {w.sink.name: w.state() for w in self.workers}}
 
     def background_error(self) -> str | None:
         """Why the background video stopped (it then shows its last frame, then the fallback colour)."""
