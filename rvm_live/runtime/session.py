@@ -178,7 +178,12 @@ class Session:
     def health(self) -> dict[str, Any]:
         source = "up" if self.source_up else "waiting" if self.reconnects else "down"
         return {"source_up": self.source_up, "source": source, "paused": self.paused.is_set(), "ended": self.ended,
-                "background_error": self.background_error(), "outputs": {w.sink.name: w.state() for w in self.workers}}
+                "background_error": self.background_error(), "outputs": {w.sink.name: w.state() for w in self.workers},
+                "stale_frames": self.stale_frames()}
+
+    def stale_frames(self) -> int:
+        """Frames a live source dropped because they came too late (a backlog is never delivered)."""
+        return int(getattr(self.source, "stale_frames", 0))  # only network sources keep this count
 
     def background_error(self) -> str | None:
         """Why the background video stopped (it then shows its last frame, then the fallback colour)."""
@@ -195,7 +200,7 @@ class Session:
             frames_dropped=self.dropped(), **model, downsample_ratio=ratio,
             quality="auto" if self.governor is not None else "fixed", quality_changes=self.quality_changes,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
-            paused=self.paused.is_set(), background=self.background_spec,
+            paused=self.paused.is_set(), background=self.background_spec, source_stale_frames=self.stale_frames(),
             background_error=self.background_error())
 
     def set_background(self, spec: str) -> None:

@@ -23,7 +23,7 @@ from ...errors import SourceError, SourceNotReady, one_line
 from ...runtime.sink_worker import backoff_delays
 from .._av import av
 from .base import register_source
-from .datagram import DatagramReader, Datagrams
+from .datagram import NO_PICTURE_S, STALE_S, DatagramReader, Datagrams
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -57,6 +57,7 @@ TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared fra
 CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
 PACKET_WAIT_S = 0.5  # UDP: how long one open() waits for the first packet before saying "not up"
 POLL_S = 0.1
+FOREIGN_S = 5.0  # UDP: how long datagrams that are not MPEG-TS are skipped before probing for another format
 
 
 def url_scheme(spec: str) -> str | None:
@@ -149,6 +150,9 @@ class StreamSource:
             open_timeout = PACKET_WAIT_S if self._datagrams is not None else OPEN_TIMEOUT_S
         self._timeout = (open_timeout, read_timeout)
         self._reader: DatagramReader | None = None
+        self._foreign_since: float | None = None  # UDP: since when only datagrams that are not MPEG-TS came
+        self.stale_frames = 0  # UDP frames dropped because their data waited too long (never a backlog)
+        self._backlog = 0
 
     def cancel_on(self, event: threading.Event) -> None:
         """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
@@ -197,6 +201,9 @@ class StreamSource:
             log.warning("%s: frame rate %g is not plausible; taking %g (set --fps to choose)", self.target, rate,
                         self.fps)
         self._declared = _declared_frames(container, stream, self.fps)
+        if self._reader is not None:  # from now on, data without pictures means a sender the demuxer lost
+            self._reader.picture_wait = max(NO_PICTURE_S, 3 / self.fps)
+            self._reader.picture_seen()
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
@@ -246,10 +253,22 @@ class StreamSource:
         datagrams.drop_stale()
         if not datagrams.wait(self._timeout[0], self._cancel):
             raise SourceNotReady(f"{self.target}: no packets yet")
+        mpegts = datagrams.looks_like_mpegts()
+        now = time.monotonic()
+        if mpegts:
+            self._foreign_since = None
+        elif self._foreign_since is None or now - self._foreign_since < FOREIGN_S:
+            # junk (or a stray sender) before the stream: probing it would wait for 500 KB; give MPEG-TS, what
+            # almost every sender sends, a few seconds first, and only then probe for another format
+            if self._foreign_since is None:
+                log.info("%s: skipping datagrams that are not MPEG-TS while waiting for a stream", self.target)
+                self._foreign_since = now
+            datagrams.discard()
+            raise SourceNotReady(f"{self.target}: datagrams that are not MPEG-TS; waiting for a stream")
         options = self._options()
         self._reader = reader = datagrams.reader(self._timeout[1], self._cancel)
         try:
-            return av.open(reader, format="mpegts" if datagrams.looks_like_mpegts() else None, options=options)
+            return av.open(reader, format="mpegts" if mpegts else None, options=options)
         except (av.FFmpegError, OSError, ValueError) as exc:
             why = reader.failure or f"cannot open: {one_line(exc)}"
             raise SourceNotReady(f"{self.target}: {why}") from exc
@@ -323,12 +342,10 @@ class StreamSource:
         """The next RGB uint8 frame, or None at the end (files without ``loop``, a stream that ended)."""
         if self._frames is None:
             raise SourceError(f"{self.target}: read() before open()")
-        try:
-            frame = self._next_frame(self._frames)
-        except av.ExitError as exc:  # PyAV's read timeout fired
-            raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
-        except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
+        frame = self._decode()
+        while frame is not None and self._stale():
+            frame = self._decode()
+        self._end_of_backlog()
         if frame is None and self._reader is not None and self._reader.failure:
             raise SourceError(f"{self.target}: {self._reader.failure}")
         if frame is None:
@@ -347,6 +364,36 @@ class StreamSource:
         # phones store portrait video as landscape plus a display matrix (a turn, maybe a mirror): show it
         # as players do
         return orient(image, display_matrix(frame))
+
+    def _decode(self) -> av.VideoFrame | None:
+        try:
+            frame = self._next_frame(self._frames)
+        except av.ExitError as exc:  # PyAV's read timeout fired
+            raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
+        except IndexError as exc:  # PyAV's demux meets a stream FFmpeg added mid-way (MPEG-TS: a new PMT)
+            raise SourceError(f"{self.target}: a new stream appeared mid-way (a new sender?); reopening") from exc
+        if frame is not None and self._reader is not None:
+            self._reader.picture_seen()
+        return frame
+
+    def _stale(self) -> bool:
+        """UDP: whether the frame just decoded came from data that waited over ``STALE_S`` in the socket buffer.
+        A live source never delivers such a backlog (after a stall, a burst of old frames): it is decoded,
+        so the next fresh frame decodes, and dropped, counted in ``stale_frames``."""
+        if self._datagrams is None or time.monotonic() - self._datagrams.taken_arrival <= STALE_S:
+            return False
+        if not self._backlog:
+            log.warning("%s: frames arrive late (over %g s); dropping the stale ones", self.target, STALE_S)
+        self._backlog += 1
+        self.stale_frames += 1
+        return True
+
+    def _end_of_backlog(self) -> None:
+        if self._backlog:
+            log.info("%s: dropped %d stale frame(s); live again", self.target, self._backlog)
+            self._backlog = 0
 
     def suspend(self) -> None:
         """Between reconnection attempts: release the demuxer but keep a UDP socket bound, so the packets of
