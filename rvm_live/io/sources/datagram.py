@@ -226,7 +226,14 @@ class Datagrams:
 
 
 def _is_mpegts(data: bytes) -> bool:
-    return bool(data) and len(data) % TS_PACKET == 0 and all(data[i] == 0x47 for i in range(0, len(data), TS_PACKET))
+    """Whether a datagram carries MPEG-TS: sync bytes (0x47) every 188 bytes, from its start (``pkt_size=1316``)
+    or, when the sender cuts datagrams anywhere (FFmpeg's default 1472 bytes), from some offset, twice at least."""
+    if not data:
+        return False
+    if len(data) % TS_PACKET == 0:
+        return data[::TS_PACKET].count(0x47) == len(data) // TS_PACKET
+    return any(data[offset] == 0x47 and len(syncs := data[offset::TS_PACKET]) >= 2 and syncs.count(0x47) == len(syncs)
+               for offset in range(min(TS_PACKET, len(data))))
 
 
 class DatagramReader:
