@@ -204,12 +204,15 @@ def run(argv: list[str]) -> int:
     from .progress import start_progress
     from .runtime.daemon import Daemon as Pipeline
     from .serve.control import ControlServer, parse_address, read_token_file
+    from .weights import check_weights_file
 
     pipeline = server = progress = None
     restore = lambda: None  # noqa: E731
     try:
         # (a bad token file fails now, before the model loads)
         token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
+        if config.weights:  # a bad path is one line now, not a loader's many after the engine is picked
+            check_weights_file(config.weights)
         pipeline = Pipeline(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()

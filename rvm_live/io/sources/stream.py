@@ -104,6 +104,19 @@ def orient(image: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _check_file(target: str) -> None:
+    """SourceError saying what ``target`` is when it is not a regular file (not just "no such file")."""
+    path = Path(target)
+    if path.is_file():
+        return
+    if not path.exists():
+        raise SourceError(f"{target}: no such file")
+    if path.is_dir():
+        raise SourceError(f"{target}: is a directory, not a video file")
+    kind = "a device" if path.is_char_device() or path.is_block_device() else "a pipe or socket"
+    raise SourceError(f"{target}: is {kind}, not a video file")
+
+
 class StreamSource:
     """A PyAV input: a media file (``file`` key, or any path) or a network URL."""
 
@@ -177,8 +190,8 @@ class StreamSource:
 
         A network source that is not up raises ``SourceNotReady``; an unknown host name ``SourceError``."""
         self.suspend()
-        if not self.is_network and not Path(self.target).is_file():
-            raise SourceError(f"{self.target}: no such file")
+        if not self.is_network:
+            _check_file(self.target)
         if self.is_network:
             self._check_host()
         if self._datagrams is not None:
