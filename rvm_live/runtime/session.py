@@ -203,10 +203,12 @@ class Session:
             paused=self.paused.is_set(), background=self.background_spec, source_stale_frames=self.stale_frames(),
             background_error=self.background_error())
 
-    def set_background(self, spec: str) -> None:
-        """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""
-        check_background(spec)
-        new = self._load_background(spec)
+    def set_background(self, spec: str, loaded: Background | None = None) -> None:
+        """Swap the background (``loaded``: already built from ``spec``); applied on the next frame. Bad specs
+        raise ValueError/MediaError."""
+        if loaded is None:
+            check_background(spec)
+        new = loaded or self._load_background(spec)
         with self._bg_lock:
             if self._pending_background is not None:
                 self._pending_background.close()
@@ -227,13 +229,22 @@ class Session:
         """Forget the recurrent state before the next frame."""
         self.reset_requested.set()
 
-    def apply_config(self, config: Config) -> list[str]:
-        """Apply what can change while running (bg, mask_threshold, mirror); returns fields needing a restart."""
+    def prepare_config(self, config: Config) -> Background | None:
+        """Build what applying ``config`` needs that can fail (a new background), changing nothing yet: a
+        SIGHUP is applied to every stream or to none. ConfigError when it fails."""
+        if config.bg == self.config.bg:
+            return None
+        try:
+            check_background(config.bg)
+            return self._load_background(config.bg)
+        except (ValueError, MediaError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    def apply_config(self, config: Config, background: Background | None = None) -> list[str]:
+        """Apply what can change while running (bg, mask_threshold, mirror); returns fields needing a restart.
+        ``background``: what ``prepare_config`` built for it."""
         if config.bg != self.config.bg:
-            try:
-                self.set_background(config.bg)
-            except (ValueError, MediaError) as exc:
-                raise ConfigError(str(exc)) from None
+            self.set_background(config.bg, background or self.prepare_config(config))
         self.threshold, self.mirror = config.mask_threshold, config.mirror
         ignored = [f for f in config.__dataclass_fields__ if f not in LIVE_SETTINGS
                    and getattr(config, f) != getattr(self.config, f)]
