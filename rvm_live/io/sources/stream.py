@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import SourceError, SourceNotReady, one_line
 from ...runtime.sink_worker import backoff_delays
-from .._av import av
+from .._av import av, decoder_threads
 from .base import register_source
 from .datagram import NO_PICTURE_S, STALE_S, DatagramReader, Datagrams
 
@@ -208,6 +208,7 @@ class StreamSource:
         self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
+        stream.codec_context.thread_count = decoder_threads(*self.size)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
         self.fps = rate if FPS_RANGE[0] <= rate <= FPS_RANGE[1] else (self._fps_hint or DEFAULT_FPS)
         if rate and rate != self.fps:
