@@ -284,5 +284,5 @@ class DatagramReader:
         if self._blind_s <= self.picture_wait:
             return True
         self.failure = (f"packets arrive but no picture for {self.picture_wait:g} s "
-                        "(a new sender with other stream ids or another codec?); reopening")
+                        "(a new sender with other stream ids or another codec?)")
         return False

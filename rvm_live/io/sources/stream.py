@@ -387,7 +387,7 @@ class StreamSource:
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
         except IndexError as exc:  # PyAV's demux meets a stream FFmpeg added mid-way (MPEG-TS: a new PMT)
-            raise SourceError(f"{self.target}: a new stream appeared mid-way (a new sender?); reopening") from exc
+            raise SourceError(f"{self.target}: a new stream appeared mid-way (a new sender?)") from exc
         if frame is not None and self._reader is not None:
             self._reader.picture_seen()
         return frame
