@@ -208,7 +208,8 @@ class StreamSource:
         self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
-        stream.codec_context.thread_count = decoder_threads(*self.size)
+        if self.live:  # a live decoder idles between frames: no pool of a thread per core for small frames
+            stream.codec_context.thread_count = decoder_threads(*self.size)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
         self.fps = rate if FPS_RANGE[0] <= rate <= FPS_RANGE[1] else (self._fps_hint or DEFAULT_FPS)
         if rate and rate != self.fps:
