@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .config import BACKBONES, ENGINES, FULLRES_MODES, Config, config_from_mapping, load_toml, preset_names
-from .errors import ConfigError, RvmLiveError
+from .errors import ConfigError, RvmLiveError, SourceError
 
 log = logging.getLogger("rvm_live")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -215,12 +215,15 @@ def run(argv: list[str]) -> int:
     from .progress import start_progress
     from .runtime.daemon import Daemon as Pipeline
     from .serve.control import ControlServer, parse_address, read_token_file
+    from .weights import check_weights_file
 
     pipeline = server = progress = None
     restore = lambda: None  # noqa: E731
     try:
         # (a bad token file fails now, before the model loads)
         token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
+        if config.weights:  # a bad path is one line now, not a loader's many after the engine is picked
+            check_weights_file(config.weights)
         if config.control:  # bound now: a port in use fails before the model loads
             server = ControlServer(None, *parse_address(config.control), token=token,
                                    allow_hosts=config.control_allow_hosts)
@@ -235,6 +238,12 @@ def run(argv: list[str]) -> int:
         code = EXIT_OK
     except ConfigError as exc:
         code = _fail(str(exc), EXIT_USAGE)
+    except SourceError as exc:
+        if pipeline is None or not pipeline.stop_event.is_set():
+            code = _fail(str(exc))
+        else:  # a stop asked for while a network source was still being opened is no failure
+            log.info("stopped before the source was open (%s)", exc)
+            code = EXIT_OK
     except (RvmLiveError, OSError, ValueError, TypeError) as exc:
         code = _fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C before the pipeline's own handler was installed (e.g. a download)

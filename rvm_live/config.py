@@ -101,6 +101,8 @@ class Config:
 
 MIN_INTERNAL_PX = 32  # the network's coarsest stride: a smaller internal image has nothing left to match
 MAX_SIDE = 16384
+# a frame every 10 s at the slowest (a time-lapse camera); below that a period overflows timers and encoders
+FPS_LIMITS = (0.1, 1000.0)
 
 
 class _Bad(Exception):
@@ -208,7 +210,7 @@ def _fourcc(v: Any) -> str:
 
 _RULES: dict[str, Rule] = {
     "source": _text(), "width": _optional(_int(1, MAX_SIDE)), "height": _optional(_int(1, MAX_SIDE)),
-    "fps": _optional(_number(0, 1000, lo_open=True)), "fourcc": _optional(_fourcc), "loop": _bool,
+    "fps": _optional(_number(*FPS_LIMITS)), "fourcc": _optional(_fourcc), "loop": _bool,
     "realtime": _bool, "backbone": _choice(*BACKBONES), "weights": _optional(_text()), "offline": _bool,
     "device": _text(64), "fp16": _optional(_bool), "downsample": _ratio, "engine": _choice("auto", *ENGINES),
     "compile": _bool, "chunk": _int(0, 16), "bg": _text(), "bg_fallback": _colour,

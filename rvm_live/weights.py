@@ -240,9 +240,24 @@ def load_model(backbone: str = "mobilenetv3", *, weights: str | Path | None = No
     raise WeightsNotFound(backbone, tried, offline=is_offline(offline))
 
 
-def _load_file(backbone: str, path: Path, *, fold: bool) -> MattingNetwork:
-    if not path.is_file():
+def check_weights_file(path: str | Path) -> Path:
+    """The weights path, checked before any loader sees it: WeightsError (one line) when it is missing, not a
+    file, or an ``.onnx`` that is no ONNX model (onnxruntime's own errors are several lines of C++ context)."""
+    path = Path(path).expanduser()
+    if not path.exists():
         raise WeightsError(f"weights file not found: {path}")
+    if not path.is_file():
+        raise WeightsError(f"weights {path}: is {'a directory' if path.is_dir() else 'not a regular file'}")
+    if path.suffix == ".onnx":
+        with open(path, "rb") as f:
+            head = f.read(1)
+        if head != b"\x08":  # a ModelProto starts with its ir_version field (field 1, varint)
+            raise WeightsError(f"weights {path}: not an ONNX model")
+    return path
+
+
+def _load_file(backbone: str, path: Path, *, fold: bool) -> MattingNetwork:
+    path = check_weights_file(path)
     model = MattingNetwork(backbone).eval()
     if path.suffix == ".onnx":
         load_onnx_weights(model, path)
@@ -252,7 +267,9 @@ def _load_file(backbone: str, path: Path, *, fold: bool) -> MattingNetwork:
     except WeightsError:
         raise
     except Exception as exc:  # torch raises a zoo of types for corrupt or non-torch files
-        raise WeightsError(f"{path}: cannot load weights ({exc.__class__.__name__}: {exc})") from exc
+        # torch's story runs to several lines (weights_only, upgrade notes): its first sentence says enough
+        first = str(exc).strip().split("\n", 1)[0].split(". ", 1)[0][:160]
+        raise WeightsError(f"{path}: not a weights file torch can read ({exc.__class__.__name__}: {first})") from exc
     # TorchScript archives also carry non-persistent buffers (our normalisation constants)
     transient = {f"{name}.{b}" if name else b for name, mod in model.named_modules()
                  for b in mod._non_persistent_buffers_set}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,77 @@ def _send(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any, 
         sink.close()
 
 
+def counter_colour(index: int) -> tuple[int, int, int]:
+    """A solid colour that encodes ``index`` (0..4095) coarsely enough to survive H.264: see :func:`counter_of`."""
+    return (index % 64) * 4, (index // 64 % 64) * 4, 128
+
+
+def counter_of(image: np.ndarray) -> int:
+    """The index :func:`counter_colour` encoded in a decoded frame."""
+    r, g = (int(round(float(c) / 4)) for c in image.reshape(-1, 3).mean(0)[:2])
+    return (g % 64) * 64 + r % 64
+
+
+def send_counter(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any) -> None:
+    """Child process: like :func:`send`, frame ``i`` in :func:`counter_colour` (a receiver can tell how late it is)."""
+    _send(url, size, seconds, stop, out, counter_colour)
+
+
+def send_ts(url: str, size: tuple[int, int], seconds: float, codec: str, muxer: dict[str, str], stop: Any,
+            out: Any) -> None:
+    """Child process: an MPEG-TS sender of solid frames with its own ``codec`` and muxer options (its PIDs:
+    ``mpegts_start_pid``, ``mpegts_pmt_start_pid``), as a different encoder would send."""
+    width, height = size
+    with av.open(url, "w", format="mpegts", options=muxer) as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = 15
+        out.put({"first_frame_at": time.time()})
+        deadline, index = time.monotonic() + seconds, 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            image = np.full((height, width, 3), (30, 200, 30), np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+            index += 1
+            time.sleep(1 / 30)
+
+
+def send_unannounced(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any) -> None:
+    """Child process: H.264 in MPEG-TS on a PID (0x1FF) that no PAT/PMT announces, over UDP: what a new sender
+    looks like to a demuxer that keeps the first sender's tables (its packets are dropped, silently)."""
+    import io
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    width, height = size
+    buf = io.BytesIO()
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, av.open(buf, "w", format="mpegts") as container:
+        stream = container.add_stream("libx264", rate=30, options={"tune": "zerolatency", "g": "15"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        out.put({"first_frame_at": time.time()})
+        deadline, index = time.monotonic() + seconds, 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), (30, 200, 30), np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+            data = buf.getvalue()
+            whole = sent + (len(data) - sent) // 188 * 188
+            packets = [bytearray(data[i:i + 188]) for i in range(sent, whole, 188)]
+            sent = whole
+            video = []
+            for packet in packets:
+                pid = ((packet[1] & 0x1F) << 8) | packet[2]
+                if pid == 0x100:
+                    packet[1], packet[2] = (packet[1] & 0xE0) | 0x01, 0xFF
+                    video.append(bytes(packet))
+            for i in range(0, len(video), 7):
+                sock.sendto(b"".join(video[i:i + 7]), (parts.hostname, parts.port))
+            index += 1
+            time.sleep(1 / 30)
+
+
 def try_open_sink(url: str, stop: Any, out: Any) -> None:
     """Child process: open a StreamSink at ``url`` and report the error type and message."""
     from rvm_live.config import Config
@@ -101,6 +173,33 @@ def try_open_sink(url: str, stop: Any, out: Any) -> None:
         out.put({"error": None, "message": ""})
     except Exception as exc:
         out.put({"error": type(exc).__name__, "message": str(exc)})
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends or reads a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
 
 
 class Peer:

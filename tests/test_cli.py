@@ -258,3 +258,28 @@ def test_unwritable_stats_json_fails_the_run(tmp_path):
     proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "2", "--stats-json",
                     str(tmp_path / "missing-dir" / "s.json"), cwd=tmp_path)
     assert proc.returncode == 1 and "stats JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("weights", "says"), [
+    ("junk.pth", "junk.pth: not a weights file torch can read (UnpicklingError: Weights only load failed)"),
+    ("junk.onnx", "junk.onnx: not an ONNX model"),
+    ("/nonexistent.onnx", "weights file not found: /nonexistent.onnx"),
+    (".", "is a directory"),
+])
+def test_bad_weights_are_one_line(tmp_path, weights, says):
+    for name in ("junk.pth", "junk.onnx"):
+        (tmp_path / name).write_bytes(os.urandom(3000))
+    proc = rvm_live("--source", "demo", "-o", "null", "--weights", weights, cwd=tmp_path)
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("source", "says"), [("DIR", "is a directory, not a video file"),
+                                              ("/dev/zero", "/dev/zero: is a device, not a video file"),
+                                              ("missing.mp4", "missing.mp4: no such file")])
+def test_a_source_that_is_not_a_file_says_what_it_is(tmp_path, source, says):
+    proc = rvm_live("--source", str(tmp_path) if source == "DIR" else source, "-o", "null", cwd=tmp_path)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

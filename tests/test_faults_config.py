@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,8 +23,11 @@ from rvm_live.errors import ConfigError
     ("outputs", 5, "a list of output specs"),
     ("outputs", ["a.mp4", 3], "a list of output specs"),
     ("source", 5, "a non-empty string"),
-    ("fps", float("inf"), "a number > 0"),
-    ("fps", float("nan"), "a number > 0"),
+    ("fps", float("inf"), "a number >= 0.1 and <= 1000"),
+    ("fps", float("nan"), "a number >= 0.1 and <= 1000"),
+    ("fps", 1e-300, "a number >= 0.1 and <= 1000"),
+    ("fps", 0.01, "a number >= 0.1 and <= 1000"),
+    ("fps", 1e6, "a number >= 0.1 and <= 1000"),
     ("width", 12.5, "an integer from 1"),
     ("width", True, "an integer from 1"),
     ("crf", 99, "an integer from 0 to 63"),
@@ -70,6 +74,7 @@ def rvm(*args, timeout=120):
 
 @pytest.mark.parametrize(("args", "culprit"), [
     (["--fps", "inf"], "fps = inf"),
+    (["--fps", "1e-300"], "fps = 1e-300: expected a number >= 0.1"),
     (["--downsample", "1e-9"], "downsample = 1e-09"),
     (["--log-level", "loud"], "--log-level"),
 ])
@@ -109,3 +114,45 @@ def test_a_bad_sighup_config_keeps_the_daemon_running(tmp_path, carphone_path, o
         assert daemon.stop() == 0
     assert f"SIGHUP: {cfg}: mask_threshold = 'abc': expected a number" in daemon.stderr
     assert "Traceback" not in daemon.stderr
+
+
+def two_streams(cfg, clip, bg_a, bg_b):
+    cfg.write_text(f'outputs = ["null"]\nrealtime = true\nloop = true\n'
+                   f'[[streams]]\nid = "a"\nsource = "{clip}"\nbg = "{bg_a}"\n'
+                   f'[[streams]]\nid = "b"\nsource = "{clip}"\nbg = "{bg_b}"\n')
+
+
+@pytest.mark.slow
+def test_a_sighup_is_applied_to_every_stream_or_to_none(tmp_path, carphone_path, official_onnx_path):
+    cfg = tmp_path / "two.toml"
+    two_streams(cfg, carphone_path, "green", "blue")
+    with Daemon("--config", str(cfg)) as daemon:
+        two_streams(cfg, carphone_path, "red", tmp_path / "missing.png")  # a's is good, b's is missing
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "SIGHUP" not in daemon.stderr and time.monotonic() < deadline:
+            daemon.stderr += daemon.proc.stderr.readline()
+        streams = daemon.get("/stats")["streams"]
+        assert (streams["a"]["background"], streams["b"]["background"]) == ("green", "blue")
+        assert daemon.stop() == 0
+    assert "SIGHUP: stream b: background file" in daemon.stderr and "missing.png" in daemon.stderr
+    assert "keeping the current settings" in daemon.stderr and "Traceback" not in daemon.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["bg", "source", "udp-port"])
+def test_a_bad_part_of_stream_b_is_named_at_start(tmp_path, carphone_path, official_onnx_path, fault):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        b_source = {"bg": carphone_path, "source": tmp_path / "missing.mp4",
+                    "udp-port": f"udp://127.0.0.1:{taken.getsockname()[1]}"}[fault]
+        cfg = tmp_path / "two.toml"
+        cfg.write_text(f'outputs = ["null"]\n[[streams]]\nid = "a"\nsource = "{carphone_path}"\n'
+                       f'[[streams]]\nid = "b"\nsource = "{b_source}"\n'
+                       + ('bg = "no-such-bg.png"\n' if fault == "bg" else ""))
+        proc = rvm("--config", str(cfg))
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("rvm-live: error: stream b: "), error
+    assert {"bg": "no-such-bg.png", "source": "missing.mp4: no such file",
+            "udp-port": "cannot listen on port"}[fault] in error

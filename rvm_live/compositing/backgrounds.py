@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..errors import MediaError, one_line
-from ..io._av import av
+from ..io._av import av, decoder_threads
 from .colors import color_hint, parse_color
+from .pictures import check_picture_size, cover_fit, read_picture, shrink_to_cover  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,6 @@ def frame_size(src: torch.Tensor) -> tuple[int, int]:
     if src.ndim not in (3, 4) or src.shape[-3] != 3 or (src.ndim == 4 and src.shape[0] != 1):
         raise ValueError(f"source frame: expected shape [1,3,H,W] or [3,H,W], got {list(src.shape)}")
     return int(src.shape[-2]), int(src.shape[-1])
-
-
-def cover_fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale ``image`` (H x W x C) to cover ``height`` x ``width`` keeping its aspect, then centre-crop."""
-    h, w = image.shape[:2]
-    scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-    if (nw, nh) != (w, h):
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, (nw, nh), interpolation=interp)
-    y0, x0 = (nh - height) // 2, (nw - width) // 2
-    return np.ascontiguousarray(image[y0 : y0 + height, x0 : x0 + width])
 
 
 def to_device(image: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -102,45 +90,18 @@ class ColorBackground(Background):
         return "ColorBackground(#{:02x}{:02x}{:02x})".format(*self.rgb)
 
 
-def image_size(path: str) -> tuple[int, int] | None:
-    """``(width, height)`` from an image file's header without decoding it; None when PIL cannot tell."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Image.DecompressionBombError:
-        return (1 << 16, 1 << 16)  # PIL refuses to even describe it: far over any sane limit
-    except (OSError, ValueError, SyntaxError):
-        return None
-
-
-def shrink_to_cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``image`` scaled down (aspect kept) to the smallest size that still covers ``height`` x ``width``."""
-    h, w = image.shape[:2]
-    scale = max(width / w, height / h)
-    if scale >= 1:
-        return image
-    size = (max(width, round(w * scale)), max(height, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 class ImageBackground(Background):
     """A still picture, loaded once and cover-fitted again only when the frame size changes.
 
-    Pictures over ``max_megapixels`` are refused before decoding; what is kept is scaled down to cover
-    4K at load and to cover the frame size at the first frame, so a huge photo costs little memory."""
+    Pictures over ``max_megapixels`` or of an absurd shape are refused before decoding; what is kept is
+    scaled down to cover 4K at load and to cover the frame size at the first frame, so a huge photo costs
+    little memory."""
 
     def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS):
         self.path = str(path)
         self.device, self.dtype = device, dtype
-        size = image_size(self.path)
-        if size is not None and size[0] * size[1] > max_megapixels * 1e6:
-            raise MediaError(f"image {self.path}: {size[0]}x{size[1]} is over the {max_megapixels:g} MP limit "
-                             "(bg_max_megapixels)")
-        bgr = cv2.imread(self.path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise MediaError(f"image {self.path}: cannot read it (missing, unreadable or not an image)")
-        self._image = shrink_to_cover(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 2160, 3840)
+        self._image = shrink_to_cover(read_picture(self.path, max_megapixels), 2160, 3840)
         self._shrunk = False
         self._fitted: torch.Tensor | None = None
 
@@ -216,14 +177,23 @@ class TransparentBackground(Background):
         return "TransparentBackground()"
 
 
-def _open_video(path: str) -> av.container.InputContainer:
+def _open_video(path: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> av.container.InputContainer:
+    """The opened container, its picture size checked from the stream header before anything is decoded."""
     try:
         container = av.open(path)
     except (OSError, ValueError, av.error.FFmpegError) as exc:
-        raise MediaError(f"background video {path}: cannot open it: {exc}") from exc
+        # PyAV's OSError text repeats the path: its strerror alone says what went wrong
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise MediaError(f"background video {path}: cannot open it: {why}") from exc
     if not container.streams.video:
         container.close()
         raise MediaError(f"background video {path}: has no video stream")
+    codec = container.streams.video[0].codec_context
+    try:
+        check_picture_size(f"background video {path}", codec.width, codec.height, max_megapixels)
+    except MediaError:
+        container.close()
+        raise
     return container
 
 
@@ -234,6 +204,7 @@ FILE_STALL_S = 5.0
 def _rgb_frames(container: av.container.InputContainer) -> Iterator[np.ndarray]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = decoder_threads(stream.codec_context.width, stream.codec_context.height)
     for frame in container.decode(stream):
         yield frame.to_ndarray(format="rgb24")
 
@@ -247,8 +218,9 @@ class VideoBackground(Background):
 
     def __init__(self, path: str | Path, *, device: torch.device | str, dtype: torch.dtype,
                  queue_size: int = 4, stall_s: float = LIVE_STALL_S, fallback: str = DEFAULT_FALLBACK,
-                 hold_s: float = FALLBACK_HOLD_S):
+                 hold_s: float = FALLBACK_HOLD_S, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS):
         self.path = str(path)
+        self._max_megapixels = max_megapixels
         self.device, self.dtype = device, dtype
         # stall_s: how long a frame waits for the decoder before the last background is reused; short, so
         # a decoder hiccup never holds up a live pipeline
@@ -263,7 +235,7 @@ class VideoBackground(Background):
         self._fitted: torch.Tensor | None = None
         self._warned_stall = False
         self._closed = False
-        container = _open_video(self.path)
+        container = _open_video(self.path, max_megapixels)
         frames = _rgb_frames(container)
         try:
             self._last = next(frames)
@@ -287,8 +259,9 @@ class VideoBackground(Background):
                 if self._stop.is_set():
                     return
                 if n == 0:
-                    raise MediaError("no frames on this pass")
-                container = _open_video(self.path)  # reopening loops reliably where seek(0) may not
+                    raise MediaError(f"background video {self.path}: no frames on this pass")
+                # reopening loops reliably where seek(0) may not
+                container = _open_video(self.path, self._max_megapixels)
                 frames, n = _rgb_frames(container), 0
         except BaseException as exc:  # reported by for_frame(), which falls back
             log.debug("background video %s decoder stopped: %s", self.path, exc)
@@ -336,7 +309,9 @@ class VideoBackground(Background):
         if self._error is not None:
             if self._failed_at is None:
                 self._failed_at = time.monotonic()
-                self.failure = f"background video {self.path}: {one_line(self._error)}"
+                # our own errors already name the video; anything else (a decoder's) gets its name here
+                why = one_line(self._error)
+                self.failure = why if isinstance(self._error, MediaError) else f"background video {self.path}: {why}"
                 log.warning("%s; showing its last frame, then %s", self.failure, self._fallback_name)
             return None
         if not self._warned_stall:
@@ -419,7 +394,7 @@ def parse_background(spec: str, *, device: torch.device | str = "cpu", dtype: to
         return ImageBackground(value, device=device, dtype=dtype, max_megapixels=max_megapixels)
     if kind == "video":
         return VideoBackground(value, device=device, dtype=dtype, stall_s=LIVE_STALL_S if live else FILE_STALL_S,
-                               fallback=fallback)
+                               fallback=fallback, max_megapixels=max_megapixels)
     if kind == "blur":
         return BlurBackground(value)
     return TransparentBackground()

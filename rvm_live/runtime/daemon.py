@@ -17,11 +17,12 @@ from ..bus import Bus, ErrorEvent, QualityChanged
 from ..config import Config, stream_configs
 from ..engine.select import build_engine
 from ..errors import ConfigError, PipelineError, RvmLiveError
+from ..io.files import check_output_files
 from ..io.sinks.base import Sink
 from ..io.sources.base import Source, create_source
 from .capture import CaptureStage
 from .inference import InferenceStage
-from .session import Session
+from .session import Session, default_outputs
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,25 @@ class Daemon:
         specs = stream_configs(config)
         sources, sinks = _by_stream(source, specs, "source"), _by_stream(sinks, specs, "sinks")
         # made (not opened) before the model loads: a bad spec fails at once, and the engine depends on liveness
-        sources = {sid: sources.get(sid) or create_source(cfg.source, cfg) for sid, cfg in specs}
+        multi = len(specs) > 1
+        sources = {sid: sources.get(sid) or _for_stream(sid, multi, create_source, cfg.source, cfg)
+                   for sid, cfg in specs}
         live = all(bool(s.live) for s in sources.values())
+        suffix = len(specs) > 1
+        # file outputs writable, none written twice, none a source: said before the model loads
+        check_output_files((sid, cfg.source, default_outputs(cfg, f"-{sid}" if suffix else ""))
+                           for sid, cfg in specs if sid not in sinks)
         self.engine = engine if engine is not None else build_engine(config, live=live)
         self.bus = Bus()
         self.stop_event = threading.Event()
         self.failed = threading.Event()  # a stage failed: outputs close without publishing (files stay .part)
         self.doorbell = threading.Event()
-        suffix = len(specs) > 1
         self.sessions = [
-            Session(stream_id, cfg, state=states[i] if states else self.engine.new_state(cfg.downsample),
-                    device=self.engine.device, dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed,
-                    bus=self.bus, source=sources.get(stream_id), sinks=sinks.get(stream_id),
-                    output_suffix=f"-{stream_id}" if suffix else "")
+            _for_stream(stream_id, multi, Session, stream_id, cfg,
+                        state=states[i] if states else self.engine.new_state(cfg.downsample),
+                        device=self.engine.device, dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed,
+                        bus=self.bus, source=sources.get(stream_id), sinks=sinks.get(stream_id),
+                        output_suffix=f"-{stream_id}" if suffix else "")
             for i, (stream_id, cfg) in enumerate(specs)]
         self._by_id = {s.id: s for s in self.sessions}
         self.bus.subscribe(QualityChanged, self._log_quality)
@@ -68,8 +75,8 @@ class Daemon:
         chunk_auto = 4 if self.engine.device.type == "cuda" else 1
         for session in self.sessions:
             if not session.workers:
-                session.open_source(chunk_auto=chunk_auto, chunking=self.engine.engine == "torch"
-                                    and len(self.sessions) == 1)
+                _for_stream(session.id, len(self.sessions) > 1, session.open_source, chunk_auto=chunk_auto,
+                            chunking=self.engine.engine == "torch" and len(self.sessions) == 1)
 
     def start(self) -> Daemon:
         """Open the sources and start the threads."""
@@ -239,9 +246,19 @@ class Daemon:
         specs = dict(stream_configs(config))
         if set(specs) != set(self._by_id):
             raise ConfigError(f"streams changed ({', '.join(specs)} vs {', '.join(self._by_id)}): needs a restart")
+        prepared: list[Any] = []
+        try:  # every stream's new background first: one that fails leaves every stream as it was
+            for session in self.sessions:
+                prepared.append(_for_stream(session.id, len(self.sessions) > 1, session.prepare_config,
+                                            specs[session.id]))
+        except RvmLiveError:
+            for background in prepared:
+                if background is not None:
+                    background.close()
+            raise
         ignored: list[str] = []
-        for session in self.sessions:
-            for name in session.apply_config(specs[session.id]):
+        for session, background in zip(self.sessions, prepared):
+            for name in session.apply_config(specs[session.id], background):
                 if name not in ignored:
                     ignored.append(name)
         self.config = config
@@ -259,3 +276,14 @@ def _by_stream(value: Any, specs: list[tuple[str, Config]], what: str) -> dict[s
     if len(specs) > 1:
         raise ValueError(f"{what}= for several streams must be a dict keyed by stream id")
     return {specs[0][0]: value}
+
+
+def _for_stream(stream_id: str, multi: bool, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``step(*args, **kwargs)``; with several streams, an expected error names the stream it came from (a bad
+    background, a missing source, a UDP port in use), keeping its type."""
+    try:
+        return step(*args, **kwargs)
+    except RvmLiveError as exc:
+        if not multi or isinstance(exc, PipelineError) or str(exc).startswith(f"stream {stream_id}: "):
+            raise
+        raise type(exc)(f"stream {stream_id}: {exc}") from exc

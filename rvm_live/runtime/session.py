@@ -178,7 +178,12 @@ class Session:
     def health(self) -> dict[str, Any]:
         source = "up" if self.source_up else "waiting" if self.reconnects else "down"
         return {"source_up": self.source_up, "source": source, "paused": self.paused.is_set(), "ended": self.ended,
-                "background_error": self.background_error()}
+                "background_error": self.background_error(), "outputs": {w.sink.name: w.state() for w in self.workers},
+                "stale_frames": self.stale_frames()}
+
+    def stale_frames(self) -> int:
+        """Frames a live source dropped because they came too late (a backlog is never delivered)."""
+        return int(getattr(self.source, "stale_frames", 0))  # only network sources keep this count
 
     def background_error(self) -> str | None:
         """Why the background video stopped (it then shows its last frame, then the fallback colour)."""
@@ -195,13 +200,15 @@ class Session:
             frames_dropped=self.dropped(), **model, downsample_ratio=ratio,
             quality="auto" if self.governor is not None else "fixed", quality_changes=self.quality_changes,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
-            paused=self.paused.is_set(), background=self.background_spec,
+            paused=self.paused.is_set(), background=self.background_spec, source_stale_frames=self.stale_frames(),
             background_error=self.background_error())
 
-    def set_background(self, spec: str) -> None:
-        """Swap the background; applied on the next frame. Bad specs raise ValueError/MediaError."""
-        check_background(spec)
-        new = self._load_background(spec)
+    def set_background(self, spec: str, loaded: Background | None = None) -> None:
+        """Swap the background (``loaded``: already built from ``spec``); applied on the next frame. Bad specs
+        raise ValueError/MediaError."""
+        if loaded is None:
+            check_background(spec)
+        new = loaded or self._load_background(spec)
         with self._bg_lock:
             if self._pending_background is not None:
                 self._pending_background.close()
@@ -222,13 +229,22 @@ class Session:
         """Forget the recurrent state before the next frame."""
         self.reset_requested.set()
 
-    def apply_config(self, config: Config) -> list[str]:
-        """Apply what can change while running (bg, mask_threshold, mirror); returns fields needing a restart."""
+    def prepare_config(self, config: Config) -> Background | None:
+        """Build what applying ``config`` needs that can fail (a new background), changing nothing yet: a
+        SIGHUP is applied to every stream or to none. ConfigError when it fails."""
+        if config.bg == self.config.bg:
+            return None
+        try:
+            check_background(config.bg)
+            return self._load_background(config.bg)
+        except (ValueError, MediaError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    def apply_config(self, config: Config, background: Background | None = None) -> list[str]:
+        """Apply what can change while running (bg, mask_threshold, mirror); returns fields needing a restart.
+        ``background``: what ``prepare_config`` built for it."""
         if config.bg != self.config.bg:
-            try:
-                self.set_background(config.bg)
-            except (ValueError, MediaError) as exc:
-                raise ConfigError(str(exc)) from None
+            self.set_background(config.bg, background or self.prepare_config(config))
         self.threshold, self.mirror = config.mask_threshold, config.mirror
         ignored = [f for f in config.__dataclass_fields__ if f not in LIVE_SETTINGS
                    and getattr(config, f) != getattr(self.config, f)]

@@ -75,6 +75,7 @@ class SinkWorker:
         self.last_real_ns = 0
         self.retry_at = 0.0  # monotonic time before which a lost output is not retried
         self.backoff: Iterator[float] | None = None
+        self.failure: str | None = None  # why a recording of a live source was given up (the rest goes on)
 
     @property
     def lost(self) -> int:
@@ -88,7 +89,13 @@ class SinkWorker:
     def info(self) -> dict[str, Any]:
         """Per-output counters for the stats JSON."""
         return {"frames": self.frames, "dropped": self.queue.dropped + self.lost, "reconnects": self.reconnects,
-                "connected": self.is_open}
+                "connected": self.is_open, "failed": self.failure}
+
+    def state(self) -> str:
+        """One word (and why) for /health: up, down (a live output reconnecting) or failed: REASON."""
+        if self.failure is not None:
+            return f"failed: {self.failure}"
+        return "up" if self.is_open or self.last_frame is None else "down"
 
     def run(self) -> None:
         next_slot = 0.0
@@ -129,7 +136,7 @@ class SinkWorker:
                 self.sink.close()
 
     def _deliver(self, frame: Frame, *, real: bool = True) -> None:
-        if not self.is_open and not self._open(frame):
+        if self.failure is not None or (not self.is_open and not self._open(frame)):
             self.count_lost(real)
             return
         if real:
@@ -139,7 +146,9 @@ class SinkWorker:
         except SinkError as exc:
             self.is_open = False
             if not self.sink.live:
-                raise
+                self._give_up(exc)
+                self.count_lost(real)
+                return
             self.count_lost(real)
             log.warning("output %s lost: %s; reconnecting with backoff", self.sink.name, exc)
             self._post(SinkLost(self.stream_id, self.sink.name, str(exc)))
@@ -156,8 +165,11 @@ class SinkWorker:
             self.sink.open(frame.width, frame.height, self.fps)
         except SinkError as exc:
             # a missing virtual camera is a setup problem to report now; a stream server may come later
-            if not self.sink.live or isinstance(exc, VirtualCameraError):
+            if isinstance(exc, VirtualCameraError):
                 raise
+            if not self.sink.live:
+                self._give_up(exc)
+                return False
             if self.backoff is None:
                 log.warning("output %s unavailable: %s; retrying with backoff", self.sink.name, exc)
             self.backoff = self.backoff or backoff_delays()
@@ -170,6 +182,18 @@ class SinkWorker:
             self._post(SinkBack(self.stream_id, self.sink.name))
         self.is_open, self.backoff = True, None
         return True
+
+    def _give_up(self, exc: SinkError) -> None:
+        """A file output failed (a full disk, a lost mount). A file job fails with it; a live daemon loses only
+        this output, keeps what it wrote (the ``.part``) and keeps every other output running."""
+        if not self.live_source:
+            raise exc
+        self.failure = str(exc)
+        log.error("output %s failed: %s; the other outputs go on without it", self.sink.name, exc)
+        abort = getattr(self.sink, "abort", None)
+        if abort is not None:
+            abort("it failed")
+        self._post(SinkLost(self.stream_id, self.sink.name, self.failure))
 
     def _source_event(self, event: Event, up: bool) -> None:
         if event.stream_id == self.stream_id:

@@ -65,15 +65,40 @@ def _send(url: str, stop: Any) -> None:
         sink.close()
 
 
+def _send_other(url: str, stop: Any) -> None:
+    """Sender process: another encoder on the same port: MPEG-2 video at 320x240 with its own MPEG-TS PIDs (the
+    source must reopen for it, and every output take the new size)."""
+    with av.open(url, "w", format="mpegts", options={"mpegts_start_pid": "0x300", "mpegts_pmt_start_pid": "0x1400",
+                                                      "mpegts_service_id": "7"}) as container:
+        stream = container.add_stream("mpeg2video", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        i = 0
+        while not stop.is_set():
+            frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), (i * 7 % 256, 90, 160), np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+            i += 1
+            time.sleep(1 / 30)
+
+
+def _junk_burst(url: str, count: int = 300) -> None:
+    """Datagrams of random bytes, as a stray sender or a scanner would send, to the UDP source's port."""
+    host, port = url.split("://", 1)[1].split("?", 1)[0].rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(count):
+            sock.sendto(os.urandom(200 + i % 1200), (host, int(port)))
+
+
 class _Sender:
     """The UDP source's encoder, started and stopped to make source outages."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.process, self.stop = url, None, None
+    def __init__(self, url: str, target: Callable[[str, Any], None] = _send) -> None:
+        self.url, self.target, self.process, self.stop = url, target, None, None
 
     def start(self) -> None:
         self.stop = SPAWN.Event()
-        self.process = SPAWN.Process(target=_send, args=(self.url, self.stop), daemon=True)
+        self.process = SPAWN.Process(target=self.target, args=(self.url, self.stop), daemon=True)
         self.process.start()
 
     def halt(self) -> None:
@@ -132,8 +157,12 @@ def _make_assets(work: Path) -> dict[str, str]:
     corrupt.write_bytes(bytes(data))
     junk = work / "junk.png"
     junk.write_bytes(b"\0" * 64)
+    wide = work / "wide.png"  # 1.8 KB of PNG, 600000x1 pixels: refused before any decoding or scaling
+    cv2.imwrite(str(wide), np.zeros((1, 600_000, 3), np.uint8))
+    hdr = work / "huge.hdr"  # a Radiance header claiming 48 MP, a format PIL cannot measure
+    hdr.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 6000 +X 8000\n" + bytes(4096))
     return {"image": str(image), "video": str(video), "corrupt": str(corrupt), "junk": str(junk),
-            "missing": str(work / "missing.mp4")}
+            "missing": str(work / "missing.mp4"), "wide": str(wide), "hdr": str(hdr)}
 
 
 class _Daemon:
@@ -300,7 +329,7 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
         (rtmp.down if rtmp.sock is not None else rtmp.up)()
 
     swaps = ["green", assets["image"], assets["video"], assets["corrupt"], assets["junk"], assets["missing"],
-             "nonsense", "blur:8", "#ff00ff"]
+             "nonsense", "blur:8", "#ff00ff", assets["wide"], assets["hdr"]]
 
     def background_swap() -> None:
         spec = swaps[faults.get("background_swap", {}).get("injected", 0) % len(swaps)]
@@ -313,9 +342,19 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
         _write_config(config, src, outputs, **extra)
         daemon.proc.send_signal(signal.SIGHUP)
 
+    other_sender = _Sender(src + "?pkt_size=1316", _send_other)
+
+    def sender_swap() -> None:  # a new encoder (PIDs, codec, size) takes the port over, then the old one is back
+        sender.halt()
+        other_sender.start()
+        time.sleep(step_s)
+        other_sender.halt()
+        sender.start()
+
     cycle = [("source_outage", source_outage), ("background_swap", background_swap), ("sink_outage", sink_outage),
              ("sighup", sighup), ("api_abuse", lambda: _abuse(daemon.port)),
              ("http_attacks", lambda: _http_attacks(daemon.port))]
+    cycle += [("udp_junk", lambda: _junk_burst(src)), ("sender_swap", sender_swap)]
     try:
         while not daemon.stats() and daemon.proc.poll() is None and time.monotonic() - start < 300:
             time.sleep(0.5)  # the model loads
@@ -338,6 +377,7 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
     finally:
         code, sigterm_s = daemon.stop()
         sender.halt()
+        other_sender.halt()
         rtmp.down()
     warm = [s for s in samples if s["t_s"] >= max(10.0, seconds / 5) and s["rss_mib"]]
     growth = round(100 * (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"], 2) if len(warm) > 1 else None

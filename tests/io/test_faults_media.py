@@ -202,3 +202,24 @@ def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, m
     assert abs(span_out - span_in) < 0.05, (span_in, span_out)  # retimed, it would be 39/rate
     gaps = np.diff(out_times)
     assert gaps.max() > 2 * gaps.min()  # still variable
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_a_truncated_matroska_file_warns_with_its_declared_length(tmp_path, caplog, suffix):
+    path = tmp_path / f"cut{suffix}"
+    with av.open(str(path), "w") as c:  # Matroska keeps no frame count, and its duration only in the container
+        stream = c.add_stream("libx264" if suffix == ".mkv" else "libvpx-vp9", rate=30)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(60):
+            image = np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8)
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        c.mux(stream.encode(None))
+    assert read_all(StreamSource(str(path))) == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    caplog.clear()
+    n = read_all(StreamSource(str(path)))
+    assert 0 < n < 60
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]

@@ -14,40 +14,13 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon
-from media import free_port
+from media import SilentServer, free_port
 
 from rvm_live.config import Config
 from rvm_live.errors import SinkError
 from rvm_live.frame import Frame
 from rvm_live.io.sinks.base import create_sink
 from rvm_live.io.sinks.isolated import IsolatedSink
-
-
-class SilentServer:
-    """A TCP server on 127.0.0.1 that accepts every connection and never sends or reads a byte."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 def test_network_outputs_are_isolated_and_files_are_not(tmp_path):

@@ -282,11 +282,10 @@ def test_null_sink_counts_frames(carphone_frames):
     sink.open(176, 144, 30)
     for frame in frames_of(carphone_frames[:25]):
         sink.write(frame)
-    with pytest.raises(SinkError, match="176, 144"):
-        sink.write(Frame(0, 0, "t", np.zeros((10, 10, 3), np.uint8)))
+    sink.write(Frame(0, 0, "t", np.zeros((10, 10, 3), np.uint8)))  # a source that changed size mid-run
     sink.close()
     sink.close()
-    assert sink.frames == 25 and sink.last_latency_ms >= 0
+    assert sink.frames == 26 and sink.last_latency_ms >= 0 and sink.size == (10, 10)
 
 
 @pytest.mark.parametrize(
@@ -318,8 +317,6 @@ def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
     sink.open(176, 144, 29.97)
     for frame in frames_of(rgba):
         sink.write(frame)
-    with pytest.raises(SinkError, match="opened for"):
-        sink.write(Frame(0, 0, "t", np.zeros((72, 88, 3), np.uint8)))
     sink.close()
     sink.close()
     (backend,) = media.RecordingBackend.instances
@@ -344,6 +341,22 @@ def test_vcam_reopens_at_a_new_size(fake_backends, carphone_frames):
     first, second = media.RecordingBackend.instances
     assert first.closed == 1 and (second.width, second.height) == (88, 72)
     np.testing.assert_array_equal(second.frames[0], small[0])
+
+
+def test_vcam_keeps_its_size_when_the_source_changes_size(fake_backends, caplog):
+    from rvm_live.io.sinks.vcam import VcamSink
+
+    sink = VcamSink(backend="rvm-test-recorder")
+    sink.open(176, 144, 30)
+    for size, level in (((144, 176), 10), ((360, 640), 200), ((72, 88), 90), ((72, 88), 91)):
+        sink.write(Frame(0, 0, "t", np.full((*size, 3), level, np.uint8)))
+    sink.close()
+    (backend,) = media.RecordingBackend.instances  # never reopened: apps watching the device keep it
+    assert [f.shape for f in backend.frames] == [(144, 176, 3)] * 4
+    assert [int(f.mean()) for f in backend.frames] == [10, 200, 90, 91]
+    resizes = [r.getMessage() for r in caplog.records if "scaling them" in r.getMessage()]
+    assert resizes == ["output vcam: frames are now 640x360; scaling them to 176x144",
+                       "output vcam: frames are now 88x72; scaling them to 176x144"]
 
 
 def test_vcam_error_carries_the_fix_and_the_backend_error(fake_backends):

@@ -15,8 +15,8 @@ def test_the_daemon_survives_a_minute_of_chaos(official_onnx_path, carphone_path
     report = chaos(60, progress=print)
     log = Path(report["log"]).read_text()
     assert report["exit_code"] == 0, log[-3000:]
-    assert set(report["faults"]) == {"source_outage", "background_swap", "sink_outage", "sighup", "api_abuse",
-                                    "http_attacks"}
+    assert {"source_outage", "background_swap", "sink_outage", "sighup", "api_abuse",
+            "http_attacks"} <= set(report["faults"])
     assert report["all_survived"], report["faults"]
     assert report["frames_out"] > 0 and report["samples"]
     assert "Traceback" not in log

@@ -29,7 +29,7 @@ class NullSink:
         self._open = False
 
     def open(self, width: int, height: int, fps: float) -> None:
-        """Remember the size; frames of another size are refused like a real output would."""
+        """Remember the size (frames of another size are taken too: a source may change size mid-run)."""
         if width <= 0 or height <= 0 or fps <= 0:
             raise ValueError(f"null sink: bad size/fps {width}x{height} @ {fps}")
         self.size = (width, height)
@@ -39,8 +39,9 @@ class NullSink:
         """Count ``frame``."""
         if not self._open:
             raise SinkError("null sink: write() before open()")
-        if (frame.width, frame.height) != self.size:
-            raise SinkError(f"null sink: frame is {frame.width}x{frame.height}, opened for {self.size}")
+        if (frame.width, frame.height) != self.size:  # a source changed size: nothing here depends on it
+            log.info("null sink: frames are now %dx%d", frame.width, frame.height)
+            self.size = (frame.width, frame.height)
         self.frames += 1
         self.last_latency_ms = frame.age_ms()
 

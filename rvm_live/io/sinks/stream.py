@@ -16,12 +16,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from ...errors import ConfigError, SinkError, one_line
 from .._av import av
 from .base import register_sink
+from .sizing import SizeKeeper
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -167,7 +167,7 @@ class StreamSink:
         self._first_capture_ns: int | None = None
         self._first_index = 0
         self._last_pts = -1
-        self._resize_warned = False
+        self._resizer = SizeKeeper(spec)
         self._publish = True
         self._abort_reason = "the run failed"
 
@@ -261,13 +261,7 @@ class StreamSink:
             raise TypeError(f"output {self.name}: expected HxWx3/4 uint8, got {image.shape} {image.dtype}")
         width, height = self._size
         if image.shape[1] - image.shape[1] % 2 != width or image.shape[0] - image.shape[0] % 2 != height:
-            # a source that changes size mid-run (a camera renegotiating, a stream switching) must not end a
-            # recording: scale to the size the output was opened with, and say so once
-            if not self._resize_warned:
-                log.warning("output %s: frames are now %dx%d; scaling them to %dx%d", self.name, image.shape[1],
-                            image.shape[0], width, height)
-                self._resize_warned = True
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            image = self._resizer.fit(image, width, height)  # a size change mid-run never ends a recording
         image = image[:height, :width]
         if self.accepts_alpha and image.shape[2] == 3:
             image = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])

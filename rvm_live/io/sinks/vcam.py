@@ -18,6 +18,7 @@ import pyvirtualcam
 
 from ...errors import SinkError, VirtualCameraError
 from .base import register_sink
+from .sizing import SizeKeeper
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -51,6 +52,7 @@ class VcamSink:
         self.frames_sent = 0
         self._cam: pyvirtualcam.Camera | None = None
         self._shape: tuple[int, int, int] = (0, 0, 3)
+        self._resizer = SizeKeeper(self.name)
 
     def open(self, width: int, height: int, fps: float) -> None:
         """Open the virtual camera at this size; ``VirtualCameraError`` with the fix when there is none."""
@@ -76,6 +78,9 @@ class VcamSink:
         image = frame.image
         if image.ndim == 3 and image.shape[2] == 4:
             image = image[..., :3]
+        if image.shape[:2] != self._shape[:2] and image.ndim == 3 and image.shape[2] == 3:
+            # the device keeps its size while apps watch it: a source's size change is scaled to it
+            image = self._resizer.fit(image, self._shape[1], self._shape[0])
         if image.shape != self._shape or image.dtype != np.uint8:
             raise SinkError(f"{self.name}: frame is {image.shape} {image.dtype}, camera opened for "
                             f"{self._shape} uint8")

@@ -27,6 +27,8 @@ TS_PACKET = 188  # FFmpeg counts ``fifo_size`` in MPEG-TS packets
 DEFAULT_CAPACITY = 8 * 2**20  # bytes held while nobody reads: ~3 s of a 20 Mb/s stream
 DEFAULT_RCVBUF = 4 * 2**20  # asked of the kernel; it may grant less (net.core.rmem_max)
 STALE_S = 1.0  # on reopening, data older than this is dropped: decoding it would only replay the past
+NO_PICTURE_S = 3.0  # data arriving this long with no picture decoded from it: the demuxer cannot follow it
+MAX_GAP_S = 0.2  # a silence between datagrams counts at most this much towards NO_PICTURE_S
 POLL_S = 0.1
 MAX_DATAGRAM = 65536
 # FFmpeg udp:// options that only tune FFmpeg's own reader or a sender: accepted, nothing to do here
@@ -73,6 +75,8 @@ class Datagrams:
         if unknown:
             log.warning("%s: ignoring the option(s) %s", url, ", ".join(unknown))
         self.dropped = 0  # bytes dropped because nobody read them in time
+        self.junk = 0  # datagrams skipped because they were not the stream's (see looks_like_mpegts)
+        self.taken_arrival = 0.0  # monotonic arrival time of the data last handed to the demuxer
         self._chunks: collections.deque[tuple[float, bytes]] = collections.deque()
         self._held = 0
         self._ready = threading.Condition()
@@ -168,6 +172,13 @@ class Datagrams:
             while self._chunks and self._chunks[0][0] < limit:
                 self._held -= len(self._chunks.popleft()[1])
 
+    def discard(self) -> None:
+        """Forget everything held (datagrams that are not the stream's), counting them in ``junk``."""
+        with self._ready:
+            self.junk += len(self._chunks)
+            self._chunks.clear()
+            self._held = 0
+
     def wait(self, timeout: float, cancel: threading.Event | None = None) -> bool:
         """True once some data is held; False after ``timeout`` seconds or when ``cancel`` is set."""
         deadline = time.monotonic() + timeout
@@ -180,15 +191,23 @@ class Datagrams:
         return True
 
     def looks_like_mpegts(self) -> bool:
-        """Whether the oldest datagram held is whole MPEG-TS packets (sync byte 0x47, 188-byte units), as
-        almost every UDP video stream is: then the demuxer needs no format probe (a probe waits for 2 KB)."""
+        """Whether the data held is MPEG-TS (datagrams of whole 188-byte packets, sync byte 0x47), as almost every
+        UDP video stream is: then the demuxer needs no format probe. Datagrams before the first TS one are junk
+        to a TS demuxer and are dropped (counted in ``junk``): a junk datagram first made the format probe wait
+        for 500 KB, half a minute of a small stream, which then came out as one stale burst."""
         with self._ready:
-            data = self._chunks[0][1] if self._chunks else b""
-        return bool(data) and len(data) % TS_PACKET == 0 and all(
-            data[i] == 0x47 for i in range(0, len(data), TS_PACKET))
+            first = next((i for i, (_, data) in enumerate(self._chunks) if _is_mpegts(data)), None)
+            if first is None:
+                return False
+            for _ in range(first):
+                self._held -= len(self._chunks.popleft()[1])
+            self.junk += first
+        if first:
+            log.info("%s: skipped %d datagram(s) that are not MPEG-TS before the stream", self.url, first)
+        return True
 
     def take(self, size: int) -> bytes:
-        """Up to ``size`` bytes of what is held (b"" when nothing is)."""
+        """Up to ``size`` bytes of what is held (b"" when nothing is); ``taken_arrival`` says when they came."""
         with self._ready:
             if not self._chunks:
                 return b""
@@ -197,22 +216,49 @@ class Datagrams:
                 self._chunks.appendleft((arrived, data[size:]))
                 data = data[:size]
             self._held -= len(data)
+            self.taken_arrival = arrived
             return data
 
-    def reader(self, silence: float, cancel: threading.Event | None) -> DatagramReader:
-        return DatagramReader(self, silence, cancel)
+    def reader(self, silence: float, cancel: threading.Event | None,
+               picture_wait: float = NO_PICTURE_S) -> DatagramReader:
+        """A reader for one demuxer (see DatagramReader)."""
+        return DatagramReader(self, silence, cancel, picture_wait)
+
+
+def _is_mpegts(data: bytes) -> bool:
+    """Whether a datagram carries MPEG-TS: sync bytes (0x47) every 188 bytes, from its start (``pkt_size=1316``)
+    or, when the sender cuts datagrams anywhere (FFmpeg's default 1472 bytes), from some offset, twice at least."""
+    if not data:
+        return False
+    if len(data) % TS_PACKET == 0:
+        return data[::TS_PACKET].count(0x47) == len(data) // TS_PACKET
+    return any(data[offset] == 0x47 and len(syncs := data[offset::TS_PACKET]) >= 2 and syncs.count(0x47) == len(syncs)
+               for offset in range(min(TS_PACKET, len(data))))
 
 
 class DatagramReader:
     """The file-like object PyAV demuxes: ``read()`` blocks until data is held. After ``silence`` seconds
     without any, or once ``cancel`` is set, it answers end-of-file and says why in ``failure``: no exception
-    ever crosses FFmpeg's C code."""
+    ever crosses FFmpeg's C code.
 
-    def __init__(self, datagrams: Datagrams, silence: float, cancel: threading.Event | None) -> None:
+    Data that keeps coming while no picture does (``picture_wait`` seconds after ``picture_seen()``) is a
+    sender the demuxer cannot follow: a new one with other MPEG-TS PIDs or another codec. That is an
+    end-of-file with a ``failure`` too, so the source is reopened and probes the new stream afresh."""
+
+    def __init__(self, datagrams: Datagrams, silence: float, cancel: threading.Event | None,
+                 picture_wait: float = NO_PICTURE_S) -> None:
         self.datagrams = datagrams
         self.silence = silence
         self.cancel = cancel
+        self.picture_wait = picture_wait
         self.failure: str | None = None
+        self._armed = False  # not while the demuxer is still being opened (probing)
+        self._blind_s = 0.0  # the sender's time (by arrival) that the demuxer read without a picture
+        self._last_arrival: float | None = None
+
+    def picture_seen(self) -> None:
+        """The source decoded a picture from this reader's data just now (or has just opened it)."""
+        self._armed, self._blind_s = True, 0.0
 
     def read(self, size: int) -> bytes:
         if self.failure is not None:
@@ -220,8 +266,23 @@ class DatagramReader:
         while True:
             data = self.datagrams.take(size)
             if data:
-                return data
+                return data if self._count_blind() else b""
             if not self.datagrams.wait(self.silence, self.cancel):
                 stopping = self.cancel is not None and self.cancel.is_set()
                 self.failure = "stopped while waiting for it" if stopping else f"no data for {self.silence:g} s"
                 return b""
+
+    def _count_blind(self) -> bool:
+        """Add the data just taken to the time without pictures; False (and a ``failure``) past ``picture_wait``.
+
+        Time is the data's arrival time, not ours: a stalled reader decoding a backlog is not blind, and a
+        sender's pause counts for little (each gap at most ``MAX_GAP_S``)."""
+        arrived, last = self.datagrams.taken_arrival, self._last_arrival
+        self._last_arrival = arrived
+        if last is not None and self._armed:
+            self._blind_s += min(max(arrived - last, 0.0), MAX_GAP_S)
+        if self._blind_s <= self.picture_wait:
+            return True
+        self.failure = (f"packets arrive but no picture for {self.picture_wait:g} s "
+                        "(a new sender with other stream ids or another codec?)")
+        return False

@@ -21,9 +21,10 @@ import numpy as np
 
 from ...errors import SourceError, SourceNotReady, one_line
 from ...runtime.sink_worker import backoff_delays
-from .._av import av
+from .._av import av, decoder_threads
 from .base import register_source
-from .datagram import DatagramReader, Datagrams
+from .datagram import NO_PICTURE_S, STALE_S, DatagramReader, Datagrams
+from .orientation import display_matrix, orient
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -57,6 +58,7 @@ TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared fra
 CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
 PACKET_WAIT_S = 0.5  # UDP: how long one open() waits for the first packet before saying "not up"
 POLL_S = 0.1
+FOREIGN_S = 5.0  # UDP: how long datagrams that are not MPEG-TS are skipped before probing for another format
 
 
 def url_scheme(spec: str) -> str | None:
@@ -64,39 +66,30 @@ def url_scheme(spec: str) -> str | None:
     return spec.split("://", 1)[0].lower() if "://" in spec else None
 
 
-def _declared_frames(stream: av.video.stream.VideoStream, fps: float) -> int:
-    """The frame count a file declares: its header's count, else its duration times its rate; 0 if unknown."""
+def _declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                     fps: float) -> int:
+    """The frame count a file declares: its header's count, else the stream's duration times its rate, else the
+    container's (Matroska keeps the duration there only); 0 if unknown."""
     if stream.frames:
         return int(stream.frames)
     if stream.duration and stream.time_base:
         return int(float(stream.duration * stream.time_base) * fps)
+    if container.duration and container.duration > 0:  # in AV_TIME_BASE units (microseconds)
+        return int(container.duration / av.time_base * fps)
     return 0
 
 
-def display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
-    """The frame's display matrix (FFmpeg's nine int32, 16.16 fixed point), or None when it has none."""
-    for data in frame.side_data:
-        if data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX and data.buffer_size == 36:
-            return tuple(np.frombuffer(memoryview(data), np.int32).tolist())
-    return None
-
-
-def orient(image: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
-    """``image`` as its display matrix shows it: turned by quarter turns and mirrored, as players do.
-
-    A stored pixel (x, y) is shown at (m0·x + m3·y, m1·x + m4·y), shifted back into the picture (y down). The
-    eight orientations cameras write make that 2x2 part a signed permutation: a transpose and flips. Any other
-    angle (rare) is taken to the nearest of those."""
-    if matrix is None:
-        return image
-    m0, m1, m3, m4 = matrix[0], matrix[1], matrix[3], matrix[4]
-    if abs(m0) + abs(m4) >= abs(m1) + abs(m3):  # x stays x: flips only
-        flip_rows, flip_cols = m4 < 0, m0 < 0
-    else:  # shown x comes from stored y: the axes swap
-        image, flip_rows, flip_cols = image.transpose(1, 0, 2), m1 < 0, m3 < 0
-    if flip_rows or flip_cols:
-        image = image[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
-    return np.ascontiguousarray(image)
+def _check_file(target: str) -> None:
+    """SourceError saying what ``target`` is when it is not a regular file (not just "no such file")."""
+    path = Path(target)
+    if path.is_file():
+        return
+    if not path.exists():
+        raise SourceError(f"{target}: no such file")
+    if path.is_dir():
+        raise SourceError(f"{target}: is a directory, not a video file")
+    kind = "a device" if path.is_char_device() or path.is_block_device() else "a pipe or socket"
+    raise SourceError(f"{target}: is {kind}, not a video file")
 
 
 class StreamSource:
@@ -145,6 +138,9 @@ class StreamSource:
             open_timeout = PACKET_WAIT_S if self._datagrams is not None else OPEN_TIMEOUT_S
         self._timeout = (open_timeout, read_timeout)
         self._reader: DatagramReader | None = None
+        self._foreign_since: float | None = None  # UDP: since when only datagrams that are not MPEG-TS came
+        self.stale_frames = 0  # UDP frames dropped because their data waited too long (never a backlog)
+        self._backlog = 0
 
     def cancel_on(self, event: threading.Event) -> None:
         """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
@@ -169,8 +165,8 @@ class StreamSource:
 
         A network source that is not up raises ``SourceNotReady``; an unknown host name ``SourceError``."""
         self.suspend()
-        if not self.is_network and not Path(self.target).is_file():
-            raise SourceError(f"{self.target}: no such file")
+        if not self.is_network:
+            _check_file(self.target)
         if self.is_network:
             self._check_host()
         if self._datagrams is not None:
@@ -187,12 +183,17 @@ class StreamSource:
         self.size = (stream.codec_context.width, stream.codec_context.height)
         # Frame threading adds a frame of latency per thread; slices do not.
         stream.thread_type = "SLICE" if self.live else "AUTO"
+        if self.live:  # a live decoder idles between frames: no pool of a thread per core for small frames
+            stream.codec_context.thread_count = decoder_threads(*self.size)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
         self.fps = rate if FPS_RANGE[0] <= rate <= FPS_RANGE[1] else (self._fps_hint or DEFAULT_FPS)
         if rate and rate != self.fps:
             log.warning("%s: frame rate %g is not plausible; taking %g (set --fps to choose)", self.target, rate,
                         self.fps)
-        self._declared = _declared_frames(stream, self.fps)
+        self._declared = _declared_frames(container, stream, self.fps)
+        if self._reader is not None:  # from now on, data without pictures means a sender the demuxer lost
+            self._reader.picture_wait = max(NO_PICTURE_S, 3 / self.fps)
+            self._reader.picture_seen()
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
@@ -220,6 +221,12 @@ class StreamSource:
             return av.open(self.target, options=self._options(), timeout=self._timeout)
         except av.ExitError as exc:  # PyAV's open timeout fired
             raise SourceNotReady(f"{self.target}: no answer within {self._timeout[0]:g} s") from exc
+        except av.InvalidDataError as exc:
+            if not self.is_network:
+                raise SourceError(f"{self.target}: cannot open: {exc.strerror or one_line(exc)}") from exc
+            # a server that accepts and says nothing (or nothing usable yet) until its own timeout: like one
+            # that is not up, it is waited for (InvalidDataError is also a ValueError, fatal just below)
+            raise SourceNotReady(f"{self.target}: no usable answer ({exc.strerror or one_line(exc)})") from exc
         except (av.ProtocolNotFoundError, ValueError, UnicodeDecodeError) as exc:
             hint = " (this FFmpeg build lacks that protocol)" if isinstance(exc, av.ProtocolNotFoundError) else ""
             raise SourceError(f"{self.target}: cannot open: {one_line(exc)}{hint}") from exc
@@ -236,10 +243,22 @@ class StreamSource:
         datagrams.drop_stale()
         if not datagrams.wait(self._timeout[0], self._cancel):
             raise SourceNotReady(f"{self.target}: no packets yet")
+        mpegts = datagrams.looks_like_mpegts()
+        now = time.monotonic()
+        if mpegts:
+            self._foreign_since = None
+        elif self._foreign_since is None or now - self._foreign_since < FOREIGN_S:
+            # junk (or a stray sender) before the stream: probing it would wait for 500 KB; give MPEG-TS, what
+            # almost every sender sends, a few seconds first, and only then probe for another format
+            if self._foreign_since is None:
+                log.info("%s: skipping datagrams that are not MPEG-TS while waiting for a stream", self.target)
+                self._foreign_since = now
+            datagrams.discard()
+            raise SourceNotReady(f"{self.target}: datagrams that are not MPEG-TS; waiting for a stream")
         options = self._options()
         self._reader = reader = datagrams.reader(self._timeout[1], self._cancel)
         try:
-            return av.open(reader, format="mpegts" if datagrams.looks_like_mpegts() else None, options=options)
+            return av.open(reader, format="mpegts" if mpegts else None, options=options)
         except (av.FFmpegError, OSError, ValueError) as exc:
             why = reader.failure or f"cannot open: {one_line(exc)}"
             raise SourceNotReady(f"{self.target}: {why}") from exc
@@ -313,12 +332,10 @@ class StreamSource:
         """The next RGB uint8 frame, or None at the end (files without ``loop``, a stream that ended)."""
         if self._frames is None:
             raise SourceError(f"{self.target}: read() before open()")
-        try:
-            frame = self._next_frame(self._frames)
-        except av.ExitError as exc:  # PyAV's read timeout fired
-            raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
-        except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
+        frame = self._decode()
+        while frame is not None and self._stale():
+            frame = self._decode()
+        self._end_of_backlog()
         if frame is None and self._reader is not None and self._reader.failure:
             raise SourceError(f"{self.target}: {self._reader.failure}")
         if frame is None:
@@ -337,6 +354,36 @@ class StreamSource:
         # phones store portrait video as landscape plus a display matrix (a turn, maybe a mirror): show it
         # as players do
         return orient(image, display_matrix(frame))
+
+    def _decode(self) -> av.VideoFrame | None:
+        try:
+            frame = self._next_frame(self._frames)
+        except av.ExitError as exc:  # PyAV's read timeout fired
+            raise SourceError(f"{self.target}: no data for {self._timeout[1]:g} s") from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"{self.target}: decoding failed: {one_line(exc)}") from exc
+        except IndexError as exc:  # PyAV's demux meets a stream FFmpeg added mid-way (MPEG-TS: a new PMT)
+            raise SourceError(f"{self.target}: a new stream appeared mid-way (a new sender?)") from exc
+        if frame is not None and self._reader is not None:
+            self._reader.picture_seen()
+        return frame
+
+    def _stale(self) -> bool:
+        """UDP: whether the frame just decoded came from data that waited over ``STALE_S`` in the socket buffer.
+        A live source never delivers such a backlog (after a stall, a burst of old frames): it is decoded,
+        so the next fresh frame decodes, and dropped, counted in ``stale_frames``."""
+        if self._datagrams is None or time.monotonic() - self._datagrams.taken_arrival <= STALE_S:
+            return False
+        if not self._backlog:
+            log.warning("%s: frames arrive late (over %g s); dropping the stale ones", self.target, STALE_S)
+        self._backlog += 1
+        self.stale_frames += 1
+        return True
+
+    def _end_of_backlog(self) -> None:
+        if self._backlog:
+            log.info("%s: dropped %d stale frame(s); live again", self.target, self._backlog)
+            self._backlog = 0
 
     def suspend(self) -> None:
         """Between reconnection attempts: release the demuxer but keep a UDP socket bound, so the packets of
