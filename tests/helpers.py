@@ -13,6 +13,8 @@ import av
 import numpy as np
 import pytest
 
+from rvm_live.io.sinks.base import SinkBase
+
 
 def write_clip(path, n=40, size=32) -> str:
     """``n`` frames whose grey level rises with the index (frame i is 6*i)."""
@@ -100,7 +102,7 @@ def request(server, method, path, body=None, *, token=None, raw=None):
     return status, (json.loads(text) if is_json else text), headers
 
 
-class RecordingSink:
+class RecordingSink(SinkBase):
     """A real in-process sink that keeps every frame it is given (with its arrival time)."""
 
     accepts_alpha = True

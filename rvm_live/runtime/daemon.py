@@ -1,8 +1,8 @@
 """The daemon: builds one session per stream around one shared engine, owns the threads and the stop, reads
 the bus, and implements the controller that the control API and SIGHUP drive.
 
-Threads: one capture thread per stream, one inference thread for all of them, one thread per output.
-One stop event; every failure reaches the caller of ``wait()``/``run()`` through the bus.
+Threads: one capture thread per stream, one inference thread and one render thread for all of them, one
+thread per output. One stop event; every failure reaches the caller of ``wait()``/``run()`` through the bus.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from typing import Any
 
 from ..bus import Bus, ErrorEvent, QualityChanged
 from ..config import Config, stream_configs
+from ..engine.core import Engine
 from ..engine.select import build_engine
 from ..errors import ConfigError, PipelineError, RvmLiveError
 from ..io.sinks.base import Sink
 from ..io.sources.base import Source, create_source
 from .capture import CaptureStage
 from .inference import InferenceStage
+from .render import RenderStage
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,11 @@ POLL_S = 0.1
 class Daemon:
     """Runs every stream of ``config`` (its ``[[streams]]`` table, or the one stream its flags describe).
 
-    ``engine`` is shared by all streams. ``sources``/``sinks`` replace the configured source/outputs of the
-    streams they name (by id; a plain value or list means the only stream) for tests and embedding."""
+    ``engine`` (built from ``config`` by default) is shared by all streams. ``source``/``sinks`` replace the
+    configured source/outputs of the streams they name (by id; a plain value or list means the only stream)
+    for tests and embedding."""
 
-    def __init__(self, config: Config, *, engine: Any = None, states: list[Any] | None = None,
+    def __init__(self, config: Config, *, engine: Engine | None = None,
                  source: Source | dict[str, Source] | None = None,
                  sinks: list[Sink] | dict[str, list[Sink]] | None = None) -> None:
         self.config = config
@@ -50,16 +53,17 @@ class Daemon:
         self.doorbell = threading.Event()
         suffix = len(specs) > 1
         self.sessions = [
-            Session(stream_id, cfg, state=states[i] if states else self.engine.new_state(cfg.downsample),
-                    device=self.engine.device, dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed,
-                    bus=self.bus, source=sources.get(stream_id), sinks=sinks.get(stream_id),
+            Session(stream_id, cfg, state=self.engine.new_state(cfg.downsample), device=self.engine.device,
+                    dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed, bus=self.bus,
+                    source=sources.get(stream_id), sinks=sinks.get(stream_id),
                     output_suffix=f"-{stream_id}" if suffix else "")
-            for i, (stream_id, cfg) in enumerate(specs)]
+            for stream_id, cfg in specs]
         self._by_id = {s.id: s for s in self.sessions}
         self.bus.subscribe(QualityChanged, self._log_quality)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.inference: InferenceStage | None = None
+        self.renderer = RenderStage(self.stop_event)  # renders while the inference thread runs the next frames
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def open_source(self) -> None:
@@ -68,8 +72,9 @@ class Daemon:
         chunk_auto = 4 if self.engine.device.type == "cuda" else 1
         for session in self.sessions:
             if not session.workers:
-                session.open_source(chunk_auto=chunk_auto, chunking=self.engine.engine == "torch"
-                                    and len(self.sessions) == 1)
+                # along time only where one network call takes a whole chunk: torch's exact network
+                chunking = self.engine.runtime == "torch" and self.engine.fullres == "exact" and len(self.sessions) == 1
+                session.open_source(chunk_auto=chunk_auto, chunking=chunking)
 
     def start(self) -> Daemon:
         """Open the sources and start the threads."""
@@ -80,7 +85,7 @@ class Daemon:
             stage = CaptureStage(session, stop=self.stop_event, bus=self.bus, doorbell=self.doorbell)
             self._spawn(f"rvm-capture-{session.id}" if multi else "rvm-capture", stage.run, session.id)
         self.inference = InferenceStage(self.sessions, self.engine, stop=self.stop_event, bus=self.bus,
-                                        doorbell=self.doorbell)
+                                        doorbell=self.doorbell, renderer=self.renderer.start())
         self._spawn("rvm-inference", self.inference.run, None)
         for session in self.sessions:
             for i, worker in enumerate(session.workers):
@@ -154,7 +159,8 @@ class Daemon:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(5.0)
-        stuck = [t.name for t in self._threads if t.is_alive()]
+        self.renderer.close()
+        stuck = [t.name for t in self._threads if t.is_alive()] + (["rvm-render"] if self.renderer.alive else [])
         if stuck:
             # closing a container under a thread still inside it (a blocked network write) could crash
             # the process; the threads are daemons and end with it
@@ -194,8 +200,8 @@ class Daemon:
                 "paused": all(s.paused.is_set() for s in self.sessions), "streams": self.streams()}
 
     def _model_info(self) -> dict[str, Any]:
-        return {"backbone": self.engine.backbone, "device": str(self.engine.device),
-                "fullres": "fast" if getattr(self.engine, "fused", False) else "exact"}
+        return {"backbone": self.engine.backbone, "device": str(self.engine.device), "engine": self.engine.runtime,
+                "fullres": self.engine.fullres}
 
     def stats(self, stream: str | None = None) -> dict[str, Any]:
         """The stats JSON: one stream's (the only one's by default), or, with several streams, totals plus

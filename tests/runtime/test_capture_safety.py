@@ -30,7 +30,7 @@ DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "
                   "unique_dim", "argwhere", "masked_scatter", "repeat_interleave"}
 # where host data may enter, by design: the caller's frame (the upload itself, through the pinned buffer on
 # CUDA) and a background's picture (an image or video frame, decoded on the host)
-ENTRY_POINTS = {("core.py", "as_frames"), ("compositing.py", "to_device")}
+ENTRY_POINTS = {("core.py", "as_frames"), ("backgrounds.py", "to_device")}
 
 
 def _entry_point_on_stack() -> bool:
@@ -184,7 +184,7 @@ def test_batched_engine_step_and_composite_are_capturable(carphone_frames, mobil
     try:
         for frame in carphone_frames[:2]:
             with traced(trap), torch.inference_mode():
-                out = engine.step([frame, frame[::-1]], states)
+                out = engine.infer([frame, frame[::-1]], states)
                 composite(out.fgr, out.pha, backgrounds, out.src)
                 composite(out.fgr, out.pha, backgrounds[0], out.src, threshold=0.5)
     finally:

@@ -17,7 +17,7 @@ import numpy as np
 import pyvirtualcam
 
 from ...errors import SinkError, VirtualCameraError
-from .base import register_sink
+from .base import SinkBase, register_sink
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -36,7 +36,7 @@ def fix_hint() -> str:
     return f"Fix on Linux: {MODPROBE_FIX}\nFix on Windows/macOS: {OBS_FIX}"
 
 
-class VcamSink:
+class VcamSink(SinkBase):
     """Frames to a pyvirtualcam ``Camera`` in RGB; alpha is dropped (virtual cameras do not carry it)."""
 
     live = True
@@ -70,12 +70,10 @@ class VcamSink:
                  fps)
 
     def write(self, frame: Frame) -> None:
-        """Send one frame (RGBA loses its alpha)."""
+        """Send one frame (RGB: a virtual camera takes no alpha, so it is never given RGBA)."""
         if self._cam is None:
             raise SinkError(f"{self.name}: write() before open()")
         image = frame.image
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[..., :3]
         if image.shape != self._shape or image.dtype != np.uint8:
             raise SinkError(f"{self.name}: frame is {image.shape} {image.dtype}, camera opened for "
                             f"{self._shape} uint8")

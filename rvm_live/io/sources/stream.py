@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import SourceError, SourceNotReady, one_line
-from ...runtime.sink_worker import backoff_delays
 from .._av import av
-from .base import register_source
+from ..backoff import backoff_delays
+from .base import SourceBase, register_source
 from .datagram import DatagramReader, Datagrams
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def orient(image: np.ndarray, matrix: tuple[int, ...] | None) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-class StreamSource:
+class StreamSource(SourceBase):
     """A PyAV input: a media file (``file`` key, or any path) or a network URL."""
 
     def __init__(
