@@ -1,4 +1,4 @@
-"""``rvm-live``: argv → Config → Pipeline. The only module that prints or handles signals.
+"""``rvm-live``: argv → Config → Daemon. The only module that prints or handles signals.
 
 Subcommands: ``rvm-live [FLAGS]`` runs the daemon/job; ``devices``, ``doctor`` and ``bench`` are helpers.
 """
@@ -202,7 +202,7 @@ def run(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
     from .progress import start_progress
-    from .runtime.daemon import Daemon as Pipeline
+    from .runtime.daemon import Daemon
     from .serve.control import ControlServer, parse_address, read_token_file
 
     pipeline = server = progress = None
@@ -210,7 +210,7 @@ def run(argv: list[str]) -> int:
     try:
         # (a bad token file fails now, before the model loads)
         token = read_token_file(config.control_token_file) if config.control_token_file else config.control_token
-        pipeline = Pipeline(config)
+        pipeline = Daemon(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if config.control:

@@ -55,7 +55,7 @@ class Daemon:
         self.sessions = [
             Session(stream_id, cfg, state=self.engine.new_state(cfg.downsample), device=self.engine.device,
                     dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed, bus=self.bus,
-                    source=sources.get(stream_id), sinks=sinks.get(stream_id),
+                    source=sources[stream_id], sinks=sinks.get(stream_id),
                     output_suffix=f"-{stream_id}" if suffix else "")
             for stream_id, cfg in specs]
         self._by_id = {s.id: s for s in self.sessions}

@@ -140,6 +140,8 @@ class InferenceStage:
         if members:
             matte = self.engine.infer([m[2] for m in members], [m[0].state for m in members])
             renders.append((matte, [m[0].plan() for m in members], members))
+        if not done and not renders:
+            return True
         delivered = self._submit(functools.partial(self._render, done, renders))
         if members:
             # the governor sees what a frame costs the pipeline: the network, plus any wait for the render of

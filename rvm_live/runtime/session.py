@@ -24,7 +24,7 @@ from ..engine.state import StreamState
 from ..errors import ConfigError, MediaError, SourceNotReady
 from ..frame import Frame
 from ..io.sinks.base import Sink, create_sink
-from ..io.sources.base import Source, create_source
+from ..io.sources.base import Source
 from ..queues import FrameQueue
 from .sink_worker import SinkWorker
 from .stats import Stats
@@ -50,14 +50,14 @@ class Session:
     """A stream's parts and live settings. ``state`` is the engine's recurrent state for this stream."""
 
     def __init__(self, stream_id: str, config: Config, *, state: StreamState, device: Any, dtype: Any,
-                 stop: threading.Event, failed: threading.Event, bus: Bus, source: Source | None = None,
+                 stop: threading.Event, failed: threading.Event, bus: Bus, source: Source,
                  sinks: list[Sink] | None = None, output_suffix: str = "") -> None:
         self.id = stream_id
         self.config = config
         self.state = state
         self.device, self.dtype = device, dtype
         self.stop, self.failed, self.bus = stop, failed, bus
-        self.source = source if source is not None else create_source(config.source, config)
+        self.source = source
         self.sinks = sinks if sinks is not None else [create_sink(s, config)
                                                       for s in default_outputs(config, output_suffix)]
         if not self.sinks:

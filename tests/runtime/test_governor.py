@@ -168,13 +168,13 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     config = Config(source=str(clip), realtime=True, loop=True, fullres="fast", engine="onnxruntime")
     sink = RecordingSink("live", live=True)
     daemon = Daemon(config, sinks=[sink])
-    real = daemon.engine.begin  # the network's half of a frame, which grows with the ratio
+    real = daemon.engine.infer  # the network's half of a frame, which grows with the ratio
 
-    def slowed(image, state):
-        time.sleep(0.15 * (state.ratio or 1.0) ** 2)  # 84 ms at the top rung: far behind a 30 fps source
-        return real(image, state)
+    def slowed(images, states):
+        time.sleep(0.15 * (states[0].ratio or 1.0) ** 2)  # 84 ms at the top rung: far behind a 30 fps source
+        return real(images, states)
 
-    monkeypatch.setattr(daemon.engine, "begin", slowed)
+    monkeypatch.setattr(daemon.engine, "infer", slowed)
     caplog.set_level("INFO", logger="rvm_live")
     daemon.start()
     try:

@@ -51,12 +51,12 @@ def test_source_outage_keeps_output_alive_and_recovers(engine_factory, caplog, m
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
     config = Config(source=url, side_by_side=True, no_signal_timeout=0.5)
-    matter = engine_factory()
+    engine = engine_factory()
     with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 4.0) as sender:
         # packets flow before the source opens: otherwise it starts "waiting", with the no-signal card out
         sender.result(60)
-        pipeline = Daemon(config, engine=matter, sinks=[sink])
-        resets = count_resets(pipeline.state, monkeypatch)
+        pipeline = Daemon(config, engine=engine, sinks=[sink])
+        resets = count_resets(pipeline.session().state, monkeypatch)
         pipeline.start()
         try:
             wait_until(lambda: len(sink.frames) >= 5, 60, "frames before the outage")
