@@ -101,35 +101,19 @@ class Engine:
         self.dtype = resolve_dtype(fp16, self.device)
         self.runtime, self.fullres, self.always_refine = runtime, fullres, always_refine
         self.graphs: OrderedDict[tuple[int, int, int, float], GraphedStep] = OrderedDict()
-        self._network = self._coefficients = None
-        on_cuda = uses_cuda(self.device)
         if fullres == "fast" and (self.device.type != "cpu" or cuda_graphs or compile):
             raise ValueError(f"fullres='fast' runs on the CPU (no cuda_graphs= or compile=), got {self.device}")
+        on_cuda = uses_cuda(self.device)
+        # exact: ``_network`` is the whole network (fgr, pha out); fast: ``_coefficients`` stops at A, b
+        self._network = self._coefficients = None
         if runtime == "onnxruntime":
-            if not (self.device.type == "cpu" and backbone == "mobilenetv3" and model is None and not cuda_graphs
-                    and not compile):
-                raise ValueError("runtime='onnxruntime' runs the mobilenetv3 ONNX export on the CPU (fp32); it takes "
-                                 "no model=, cuda_graphs= or compile=")
-            self.model, self.backbone, self.always_refine = None, backbone, True  # the export always refines
-            if fullres == "fast":
-                self._coefficients = OrtCoefficients(official_export(weights, offline), threads=threads)
-            else:
-                self._network = OrtMattingNetwork(weights, threads=threads, offline=offline)
-            self.cuda_graphs = False
+            self._load_export(backbone, model, weights, offline, threads, cuda_graphs=cuda_graphs, compile=compile)
         else:
-            if model is None:
-                model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype, offline=offline)
-            else:
-                model = model.eval().to(device=self.device, dtype=self.dtype)
-            if channels_last:
-                # measured on CPU (BENCHMARKS.md) and the layout cuDNN's fp16 tensor-core kernels want
-                model = model.to(memory_format=torch.channels_last)
-            self.model = model
-            self.backbone = model.backbone_name
-            self._network = torch.compile(model, dynamic=False) if compile else model
+            self._load_torch(backbone, model, weights, offline, channels_last=channels_last, compile=compile)
             if cuda_graphs and not on_cuda:
                 raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
-            self.cuda_graphs = on_cuda if cuda_graphs is None else bool(cuda_graphs)
+        self.cuda_graphs = self._network is not None and runtime == "torch" and (
+            on_cuda if cuda_graphs is None else bool(cuda_graphs))
         if fullres == "fast":
             self.always_refine = True  # the coefficients are the refiner's, at every ratio
         # the CUDA path: a side stream for uploads and graph replays; cuDNN autotunes once per shape
@@ -139,6 +123,41 @@ class Engine:
         self._upload = Upload(self.device, self._stream)
         self._render_lock = threading.Lock()  # the render's buffers serve one call at a time
         self._tools = RenderTools(Download(), FastFullRes())
+
+    def _load_export(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
+                     offline: bool | None, threads: int | None, *, cuda_graphs: bool | None, compile: bool) -> None:
+        """The onnxruntime runtime: the official export (whole, or cut at the coefficients), one session."""
+        if not (self.device.type == "cpu" and backbone == "mobilenetv3" and model is None and not cuda_graphs
+                and not compile):
+            raise ValueError("runtime='onnxruntime' runs the mobilenetv3 ONNX export on the CPU (fp32); it takes "
+                             "no model=, cuda_graphs= or compile=")
+        self.model, self.backbone, self.always_refine = None, backbone, True  # the export always refines
+        if self.fullres == "fast":
+            self._coefficients = OrtCoefficients(official_export(weights, offline), threads=threads)
+        else:
+            self._network = OrtMattingNetwork(weights, threads=threads, offline=offline)
+
+    def _load_torch(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
+                    offline: bool | None, *, channels_last: bool, compile: bool) -> None:
+        """The torch runtime: our network on the device, in the dtype (shared with other engines)."""
+        if model is None:
+            model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype, offline=offline)
+        else:
+            model = model.eval().to(device=self.device, dtype=self.dtype)
+        if channels_last:
+            # measured on CPU (BENCHMARKS.md) and the layout cuDNN's fp16 tensor-core kernels want
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.backbone = model, model.backbone_name
+        if self.fullres == "fast":
+            self._coefficients = self._torch_coefficients
+        else:
+            self._network = torch.compile(model, dynamic=False) if compile else model
+
+    def _torch_coefficients(self, small: np.ndarray, rec: list) -> tuple[np.ndarray, np.ndarray, list]:
+        """The model's coefficients output for ``small`` float32 ``[B,3,h,w]``, as NumPy arrays."""
+        x = torch.from_numpy(small).contiguous(memory_format=torch.channels_last)
+        a, b, *rec = self.model.coefficients(x, *rec)
+        return a.contiguous().numpy(), b.contiguous().numpy(), rec
 
     def new_state(self, ratio: float | str | None = "auto") -> StreamState:
         """A fresh stream state (``"auto"``: RVM's recommended ratio for whatever frame size comes)."""
@@ -229,7 +248,7 @@ class Engine:
         if self.fullres == "fast":
             frames = np.stack([image if isinstance(image, np.ndarray) else image.cpu().numpy() for image in images])
             floats = frames.astype(np.float32)  # made once: the network's input and the refiner's guide
-            a, b, rec = self._low_res(downsample(floats, ratio), stack_states(states))
+            a, b, rec = self._coefficients(downsample(floats, ratio), stack_states(states))
             _store(states, rec)
             return CoefficientRows(members, members, frames, floats, a, b)
         frames = as_frames(images)
@@ -240,14 +259,6 @@ class Engine:
         fgr, pha, src = self._replay(frames, states, ratio)
         # the graph's outputs are overwritten by its next replay, which may come before this matte is rendered
         return DeviceRows(members, members, fgr.clone(), pha.clone(), src.clone())
-
-    def _low_res(self, small: np.ndarray, rec: list) -> tuple[np.ndarray, np.ndarray, list]:
-        """The network to the coefficients: ``small`` float32 ``[B,3,h,w]`` → ``A, b`` and the new state."""
-        if self._coefficients is not None:
-            return self._coefficients(small, rec)
-        x = torch.from_numpy(small).contiguous(memory_format=torch.channels_last)
-        a, b, *rec = self.model.coefficients(x, *rec)
-        return a.contiguous().numpy(), b.contiguous().numpy(), rec
 
     def _forward(self, src: Tensor, states: Sequence[StreamState], ratio: float) -> tuple[Tensor, Tensor]:
         """Eager network call over the batch of ``states`` (``src`` ``[B,3,H,W]`` or ``[1,T,3,H,W]``); the new

@@ -37,7 +37,8 @@ def fix_hint() -> str:
 
 
 class VcamSink(SinkBase):
-    """Frames to a pyvirtualcam ``Camera`` in RGB; alpha is dropped (virtual cameras do not carry it)."""
+    """Frames to a pyvirtualcam ``Camera`` in RGB (virtual cameras carry no alpha: ``accepts_alpha`` is False,
+    so the sink worker hands it RGB only)."""
 
     live = True
     accepts_alpha = False
