@@ -15,9 +15,10 @@ from .errors import ConfigError, MediaError, PipelineError, RvmLiveError, SinkEr
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Matter": "engine.matter", "auto_downsample_ratio": "engine.matter", "matting": "engine.matter",
-    "MattingNetwork": "model.network", "find_weights": "weights", "load_model": "weights",
-    "Engine": "engine", "StreamState": "engine", "Daemon": "runtime.daemon",
+    "Matter": "engine.matter", "matting": "engine.matter", "auto_downsample_ratio": "engine.state",
+    "recommended_ratio": "engine.state", "MattingNetwork": "model.network", "find_weights": "weights",
+    "load_model": "weights", "Engine": "engine", "RenderPlan": "engine", "StreamState": "engine",
+    "Daemon": "runtime.daemon",
 }
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Matter",
     "MediaError",
     "PipelineError",
+    "RenderPlan",
     "RvmLiveError",
     "SinkError",
     "SourceError",
@@ -37,6 +39,7 @@ __all__ = [
     "find_weights",
     "load_model",
     "matting",
+    "recommended_ratio",
 ]
 
 

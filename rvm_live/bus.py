@@ -1,9 +1,10 @@
 """One typed bus for everything that happens to a stream and must reach someone on another thread.
 
 Stages post events; the daemon's thread reads errors off it to stop and exit non-zero, and observers
-(stats, logs, the quality governor, a status line) subscribe to the kinds they care about. It replaces the
-ad-hoc events, lambdas and counters reached across threads (GStreamer's bus: elements post, the
-application reads).
+subscribe to the kinds they care about: each stream's session keeps its source state, outage counts,
+quality changes and end from them, the sink workers follow their stream's source (to show "no signal"),
+and the daemon logs quality changes. Nothing else crosses threads by reaching into another stage's
+attributes (GStreamer's bus: elements post, the application reads).
 """
 
 from __future__ import annotations
@@ -39,22 +40,30 @@ class EndOfStreamEvent(Event):
 
 @dataclass(frozen=True)
 class SourceLost(Event):
+    """A live source was lost; the capture stage retries it with backoff."""
+
     cause: str
 
 
 @dataclass(frozen=True)
 class SourceBack(Event):
+    """A lost (or not yet reachable) source is up again, after ``outage_s`` seconds."""
+
     outage_s: float
 
 
 @dataclass(frozen=True)
 class SinkLost(Event):
+    """A live output failed; its worker reconnects with backoff."""
+
     sink: str
     cause: str
 
 
 @dataclass(frozen=True)
 class SinkBack(Event):
+    """A lost output reconnected."""
+
     sink: str
 
 

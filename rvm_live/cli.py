@@ -1,4 +1,4 @@
-"""``rvm-live``: argv → Config → Pipeline. The only module that prints or handles signals.
+"""``rvm-live``: argv → Config → Daemon. The only module that prints or handles signals.
 
 Subcommands: ``rvm-live [FLAGS]`` runs the daemon/job; ``devices``, ``doctor`` and ``bench`` are helpers.
 """
@@ -213,7 +213,7 @@ def run(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     _setup_logging(config.log_level)
     from .progress import start_progress
-    from .runtime.daemon import Daemon as Pipeline
+    from .runtime.daemon import Daemon
     from .serve.control import ControlServer, parse_address, read_token_file
     from .weights import check_weights_file
 
@@ -227,7 +227,7 @@ def run(argv: list[str]) -> int:
         if config.control:  # bound now: a port in use fails before the model loads
             server = ControlServer(None, *parse_address(config.control), token=token,
                                    allow_hosts=config.control_allow_hosts)
-        pipeline = Pipeline(config)
+        pipeline = Daemon(config)
         restore = _install_signals(pipeline, config_source)  # before anything a user may signal about
         pipeline.open_source()
         if server is not None:

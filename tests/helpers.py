@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from rvm_live.io.sinks.base import SinkBase
 from rvm_live.serve.controller import ControllerBase
 
 
@@ -154,7 +155,7 @@ def request(server, method, path, body=None, *, token=None, raw=None):
     return status, (json.loads(text) if is_json else text), headers
 
 
-class RecordingSink:
+class RecordingSink(SinkBase):
     """A real in-process sink that keeps every frame it is given (with its arrival time)."""
 
     accepts_alpha = True

@@ -400,6 +400,12 @@ def parse_background(spec: str, *, device: torch.device | str = "cpu", dtype: to
     return TransparentBackground()
 
 
+def opaque(image: np.ndarray, rgba: bool) -> np.ndarray:
+    """An RGB ``H x W x 3`` uint8 picture as a stream's outputs take it: itself, or with ``rgba`` an opaque RGBA
+    copy (a paused frame, or the original beside an RGBA result)."""
+    return cv2.merge([image, np.full(image.shape[:2], 255, np.uint8)]) if rgba else image
+
+
 class Composite(NamedTuple):
     """Composited frames on the device: ``image`` H x W x 3 (RGBA: x 4) uint8, ``alpha`` H x W uint8; for a
     batch of B > 1 frames, B x H x W x 3 (or 4) and B x H x W."""
@@ -426,13 +432,14 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background | Sequence[Background],
-              src: torch.Tensor, *, threshold: float | None = None) -> Composite:
+              src: torch.Tensor, *, threshold: float | None = None, rgba: bool = True) -> Composite:
     """Blend ``fgr`` over the background by ``pha`` on their device: image = fgr*a + bg*(1-a).
 
     ``fgr``/``pha``/``src`` may hold a batch of B frames (B streams); ``background`` is then one background
     for all of them or a sequence of B, one per frame (all transparent or none). With ``threshold`` the
     alpha is the hard mask ``pha > threshold``, for the blend and the returned alpha. A transparent
-    background gives RGBA with RGB = fgr and A = alpha."""
+    background gives RGBA with RGB = fgr and A = alpha, or with ``rgba=False`` (outputs that take no alpha)
+    the foreground alone, RGB."""
     fgr, pha = _as_nchw(fgr, 3, "fgr"), _as_nchw(pha, 1, "pha")
     if fgr.shape[-2:] != pha.shape[-2:] or fgr.shape[0] != pha.shape[0]:
         raise ValueError(f"fgr {list(fgr.shape)} and pha {list(pha.shape)} differ in size")
@@ -451,6 +458,8 @@ def composite(fgr: torch.Tensor, pha: torch.Tensor, background: Background | Seq
     if any(bg is None for bg in bgs):
         if not all(bg is None for bg in bgs):
             raise ValueError("backgrounds of one batch must be all transparent or none (RGBA vs RGB)")
+        if not rgba:
+            return _unbatched(Composite(_to_uint8(fgr).permute(0, 2, 3, 1).contiguous(), _to_uint8(a)[:, 0]))
         image = _to_uint8(torch.cat((fgr, a), dim=1)).permute(0, 2, 3, 1).contiguous()
         return _unbatched(Composite(image, image[..., 3]))
     # Scale to 0..255 with the rounding offset folded in before blending, so one lerp yields final values

@@ -1,10 +1,13 @@
-"""The inference engine: the model on its device, uploads and downloads, recurrent state per stream.
+"""The inference engine: the model on its device, recurrent state per stream, and the render of its results.
 
-``Engine`` runs B streams per network call, each with its own ``StreamState``; ``Matter`` and ``matting()``
+``Engine.new_state()`` gives a stream its :class:`StreamState`; ``Engine.infer(frames, states)`` runs the
+network for B streams and returns a :class:`Matte`; ``Engine.render(matte, plans)`` blends each frame as its
+stream's :class:`RenderPlan` says and brings it to the host. ``Matter`` and ``matting()``
 (rvm_live.engine.matter) are single-stream users of it."""
 
-from .core import Engine, StepOutput
-from .state import StreamState, resize_state, state_sizes
-from .transfer import Download
+from .core import Engine
+from .render import Matte, Picture, RenderPlan
+from .state import StreamState, auto_downsample_ratio, recommended_ratio, resize_state, state_sizes
 
-__all__ = ["Download", "Engine", "StepOutput", "StreamState", "resize_state", "state_sizes"]
+__all__ = ["Engine", "Matte", "Picture", "RenderPlan", "StreamState", "auto_downsample_ratio", "recommended_ratio",
+           "resize_state", "state_sizes"]

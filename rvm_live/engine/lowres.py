@@ -9,7 +9,7 @@ low-resolution ``A, b`` (``[B,4,h,w]`` each); :mod:`rvm_live.engine.fullres` app
 - :class:`OrtCoefficients`: the official ONNX export cut with the ``onnx`` package so that it takes the
   already-downsampled frame and outputs ``A, b`` instead of ``fgr, pha`` (the graph is found by its
   structure, not by node names, and the cut is made in memory at load time; nothing is cached).
-- :class:`TorchCoefficients`: our ``MattingNetwork`` run up to ``refiner.coefficients()``.
+- our ``MattingNetwork`` has the same output (:meth:`~rvm_live.model.network.MattingNetwork.coefficients`).
 - :func:`downsample`: the uint8 frames to the network's input size, as the export's own bilinear resize.
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import WeightsError, one_line
 
-State = list  # four recurrent state arrays/tensors (None or a 1x1x1x1 zero array: a fresh stream)
+State = list  # r1..r4 (None: a fresh stream)
 
 
 def internal_size(height: int, width: int, ratio: float) -> tuple[int, int]:
@@ -72,6 +72,8 @@ def lowres_model(path: str | Path):
     import onnx
     from onnx import TensorProto, helper
 
+    from .ort import STATE_INPUTS
+
     try:
         model = onnx.load(str(path))
     except FileNotFoundError:
@@ -81,7 +83,7 @@ def lowres_model(path: str | Path):
     graph = model.graph
     small, a_name, b_name = find_cut(graph)
     prod, inits = _producers(graph), {t.name for t in graph.initializer}
-    states_in, states_out = ["r1i", "r2i", "r3i", "r4i"], ["r1o", "r2o", "r3o", "r4o"]
+    states_in, states_out = list(STATE_INPUTS), [name[:-1] + "o" for name in STATE_INPUTS]
     keep: set[int] = set()
     stack = [a_name, b_name, *states_out]
     while stack:  # every node the new outputs depend on, stopping at the new inputs
@@ -110,7 +112,8 @@ def lowres_model(path: str | Path):
 
 
 class OrtCoefficients:
-    """The official export without its full-resolution part, on onnxruntime's CPU provider."""
+    """The official export without its full-resolution part, on onnxruntime's CPU provider: one session for
+    every stream of an engine (a batch of streams is one call)."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         from .ort import cpu_session
@@ -118,37 +121,11 @@ class OrtCoefficients:
         model = lowres_model(path)
         self._small = model.graph.input[0].name
         self.session = cpu_session(model.SerializeToString(), threads or torch.get_num_threads())
-        self._empty = np.zeros((1, 1, 1, 1), np.float32)
-
-    def initial_state(self) -> State:
-        """The state of a fresh stream."""
-        return [self._empty] * 4
 
     def __call__(self, small: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
-        """``small`` float32 ``[B,3,h,w]`` (0..1) and the state → ``A, b`` ``[B,4,h,w]`` and the next state."""
-        feed = {self._small: small}
-        feed.update(zip(("r1i", "r2i", "r3i", "r4i"), state))
-        a, b, *state = self.session.run(None, feed)
+        """``small`` float32 ``[B,3,h,w]`` (0..1) and r1..r4 (``None``: a fresh stream) → ``A, b``
+        ``[B,4,h,w]`` and the next r1..r4."""
+        from .ort import run_recurrent
+
+        (a, b), state = run_recurrent(self.session, {self._small: small}, state)
         return a, b, state
-
-
-class TorchCoefficients:
-    """Our ``MattingNetwork`` (CPU, float32) run up to ``refiner.coefficients()``."""
-
-    def __init__(self, model) -> None:
-        self.model = model.eval()
-
-    def initial_state(self) -> State:
-        """The state of a fresh stream."""
-        return [None] * 4
-
-    @torch.inference_mode()
-    def __call__(self, small: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
-        """Same contract as :meth:`OrtCoefficients.__call__`, returning numpy arrays."""
-        m = self.model
-        x = torch.from_numpy(small).contiguous(memory_format=torch.channels_last)
-        f1, f2, f3, f4 = m.backbone(x)
-        hid, *state = m.decoder(x, f1, f2, f3, m.aspp(f4), *state, 1)
-        fgr_residual, pha = m.project_mat(hid).split([3, 1], dim=1)
-        a, b = m.refiner.coefficients(x, fgr_residual, pha, hid)
-        return a.contiguous().numpy(), b.contiguous().numpy(), state

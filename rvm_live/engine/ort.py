@@ -1,4 +1,4 @@
-"""An onnxruntime execution backend for ``Engine(engine="onnxruntime")`` (CPU).
+"""The onnxruntime runtime for ``Engine(runtime="onnxruntime")`` (CPU).
 
 On the 2-core CPUs measured in BENCHMARKS.md, onnxruntime's MLAS kernels run RVM's MobileNetV3 faster than
 PyTorch's oneDNN path, so CPU users can opt into it behind the same ``Engine`` interface. It runs the
@@ -9,6 +9,7 @@ always applies the guided-filter refiner, even at ratio 1.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,36 +49,59 @@ def cpu_session(path: str | Path | bytes, threads: int):
         raise WeightsError(f"{what}: onnxruntime cannot load it ({one_line(exc)})") from exc
 
 
+STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
+FRESH_STATE = np.zeros((1, 1, 1, 1), np.float32)  # the exports' "no state yet": zeros, broadcast by the graph
+
+
+def state_feed(state: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """r1i..r4i for an RVM export from a stream's r1..r4 (``None``: a fresh stream)."""
+    return {name: FRESH_STATE if r is None else r for name, r in zip(STATE_INPUTS, state)}
+
+
+def run_recurrent(session, feed: dict[str, np.ndarray],
+                  state: Sequence[np.ndarray | None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One call of an RVM export (the official one, or the low-resolution cut): ``feed`` plus the state in,
+    ``(outputs before the state, new r1..r4)`` out. The one place that knows the exports' state names and
+    that the four new states come last."""
+    *outputs, r1, r2, r3, r4 = session.run(None, {**feed, **state_feed(state)})
+    return outputs, [r1, r2, r3, r4]
+
+
+def official_export(weights: str | Path | None, offline: bool | None) -> Path:
+    """The ONNX file to run: ``weights``, or the official MobileNetV3 export (fetched and cached)."""
+    try:
+        import onnxruntime  # noqa: F401  (fail here with the install hint, not deep in a session)
+    except ImportError as exc:
+        raise ValueError("the onnxruntime runtime needs the onnxruntime package (pip install onnxruntime)") from exc
+    if weights is None:
+        from ..assets import fetch
+        from ..weights import MOBILENETV3_ONNX_MIRROR
+
+        weights = fetch(MOBILENETV3_ONNX_MIRROR, offline=offline)
+    path = Path(weights).expanduser()
+    if path.suffix != ".onnx":
+        raise ValueError(f"the onnxruntime runtime needs an .onnx export, got {path}")
+    return path
+
+
 class OrtMattingNetwork:
-    """Callable like ``MattingNetwork`` for ``[B,3,H,W]`` float32 CPU tensors (B streams, one frame each);
-    returns torch tensors."""
+    """The official export, callable like ``MattingNetwork`` for ``[B,3,H,W]`` float32 CPU tensors (B streams,
+    one frame each); returns torch tensors. One session, shared by every stream of an engine."""
 
     backbone_name = "mobilenetv3"
 
     def __init__(self, weights: str | Path | None = None, *, threads: int | None = None,
                  offline: bool | None = None) -> None:
-        try:
-            import onnxruntime  # noqa: F401  (fail here with the install hint, not deep in a session)
-        except ImportError as exc:
-            raise ValueError("engine='onnxruntime' needs the onnxruntime package (pip install onnxruntime)") from exc
-        if weights is None:
-            from ..assets import fetch
-            from ..weights import MOBILENETV3_ONNX_MIRROR
-
-            weights = fetch(MOBILENETV3_ONNX_MIRROR, offline=offline)
-        path = Path(weights).expanduser()
-        if path.suffix != ".onnx":
-            raise ValueError(f"engine='onnxruntime' needs an .onnx export, got {path}")
+        path = official_export(weights, offline)
         self.session = cpu_session(path, threads or torch.get_num_threads())  # the budget torch would use
-        self._empty = np.zeros((1, 1, 1, 1), np.float32)
 
     def __call__(self, src: Tensor, r1: Tensor | None = None, r2: Tensor | None = None, r3: Tensor | None = None,
                  r4: Tensor | None = None, downsample_ratio: float = 1.0,
                  always_refine: bool = False) -> tuple[Tensor, ...]:
         if src.ndim != 4:
-            raise ValueError(f"engine='onnxruntime' runs one frame per stream ([B,3,H,W]), got {tuple(src.shape)}")
+            raise ValueError(f"the onnxruntime runtime runs one frame per stream ([B,3,H,W]), got {tuple(src.shape)}")
         feed = {"src": src.detach().to(torch.float32).contiguous().numpy(),
                 "downsample_ratio": np.array([downsample_ratio], np.float32)}
-        for name, r in zip(("r1i", "r2i", "r3i", "r4i"), (r1, r2, r3, r4)):
-            feed[name] = self._empty if r is None else r.contiguous().numpy()
-        return tuple(torch.from_numpy(a) for a in self.session.run(None, feed))
+        state = [None if r is None else r.contiguous().numpy() for r in (r1, r2, r3, r4)]
+        outputs, state = run_recurrent(self.session, feed, state)
+        return tuple(torch.from_numpy(a) for a in (*outputs, *state))

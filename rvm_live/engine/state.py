@@ -18,14 +18,29 @@ from torch.nn import functional as F
 
 # RVM's documented ratios for portraits (0.375 at 720p, 0.25 at 1080p, 0.125 at 4K) all put the long
 # side of the network's internal image at 480 px; inputs up to 512 px run at full size.
-AUTO_INTERNAL_SIZE = 480
-AUTO_FULL_SIZE_LIMIT = 512
+RECOMMENDED_INTERNAL_SIZE = 480
+RECOMMENDED_FULL_SIZE_LIMIT = 512
+# RVM's own ``auto_downsample_ratio`` (its inference.py): the internal long side at most 512 px
+AUTO_INTERNAL_SIZE = 512
+
+
+def recommended_ratio(height: int, width: int) -> float:
+    """RVM's documented ratio for a frame size (internal long side 480 px, never upscaled): what a daemon
+    stream's ``downsample = "auto"`` runs at, and the top of the quality governor's ladder."""
+    long_side = max(height, width)
+    return 1.0 if long_side <= RECOMMENDED_FULL_SIZE_LIMIT else RECOMMENDED_INTERNAL_SIZE / long_side
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:
-    """RVM's recommended downsample ratio for a frame size (internal long side 480 px, never upscaled)."""
-    long_side = max(height, width)
-    return 1.0 if long_side <= AUTO_FULL_SIZE_LIMIT else AUTO_INTERNAL_SIZE / long_side
+    """RVM's ``auto_downsample_ratio``: ``min(512 / max(H, W), 1)``; what ``matting()`` and the ComfyUI node run
+    at when no ratio is given."""
+    return min(AUTO_INTERNAL_SIZE / max(height, width), 1.0)
+
+
+def ratio_for(setting: float | str, height: int, width: int) -> float:
+    """The ratio a ``downsample`` setting means for frames of ``height x width``: ``"auto"`` is
+    :func:`recommended_ratio`, a number is itself."""
+    return recommended_ratio(height, width) if setting == "auto" else float(setting)
 
 
 def check_ratio(ratio: float) -> float:
@@ -52,12 +67,12 @@ def state_sizes(height: int, width: int, ratio: float) -> list[tuple[int, int]]:
 def resize_state(rec: list[Any], sizes: list[tuple[int, int]]) -> list[Any]:
     """``rec`` (r1..r4, ``[B,C,h,w]`` torch tensors or NumPy arrays) resized bilinearly to ``sizes``. A GRU
     state is a smooth feature map, so resampling it keeps the stream's temporal memory across a ratio change.
-    Entries that hold no state yet (``None``, or the ONNX export's ``1x1x1x1`` zero placeholder) stay."""
+    Entries that hold no state yet (``None``) stay."""
     out: list[Any] = []
     for r, size in zip(rec, sizes):
-        if r is None or tuple(r.shape[-2:]) == size or tuple(r.shape) == (1, 1, 1, 1):
+        if r is None or tuple(r.shape[-2:]) == size:
             out.append(r if r is None or isinstance(r, np.ndarray) else r.clone())
-        elif isinstance(r, np.ndarray):  # the onnxruntime coefficients path keeps its state on the host
+        elif isinstance(r, np.ndarray):  # the onnxruntime runtime keeps its state on the host
             b, c, h, w = r.shape
             planes = np.ascontiguousarray(r.reshape(b * c, h, w).transpose(1, 2, 0))  # cv2: H x W x channels
             moved = cv2.resize(planes, size[::-1], interpolation=cv2.INTER_LINEAR).reshape(*size, b * c)
@@ -68,13 +83,33 @@ def resize_state(rec: list[Any], sizes: list[tuple[int, int]]) -> list[Any]:
     return out
 
 
+def stack_states(states: list[StreamState]) -> list[Any]:
+    """r1..r4 of the streams stacked along the batch, for one network call (``None`` where every stream starts
+    afresh; zeros for the fresh ones among carried streams). Torch tensors or NumPy arrays, as the runtime keeps
+    them."""
+    if len(states) == 1:
+        return list(states[0].rec)
+    out: list[Any] = []
+    for i in range(4):
+        parts = [s.rec[i] for s in states]
+        like = next((p for p in parts if p is not None), None)
+        if like is None:
+            out.append(None)
+        elif isinstance(like, np.ndarray):
+            out.append(np.concatenate([np.zeros_like(like) if p is None else p for p in parts]))
+        else:
+            out.append(torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
+    return out
+
+
 class StreamState:
     """The recurrent state of one stream.
 
     ``size`` is ``(H, W)`` of the frames it belongs to (``None`` before the first frame), ``ratio`` the
-    downsample ratio in use, ``ratio_setting`` what a new frame size gets (``"auto"``: RVM's table, or a
-    fixed ratio), ``rec`` r1..r4 (``None``: zeros). The engine owns the tensors in ``rec``: they may be
-    views into a CUDA graph's buffers, valid until the engine steps this state again."""
+    downsample ratio in use, ``ratio_setting`` what a new frame size gets (``"auto"``: RVM's recommended
+    ratio, or a fixed ratio), ``rec`` r1..r4 (``None``: zeros; torch tensors, or NumPy arrays with the
+    onnxruntime runtime). The engine owns what is in ``rec``: it may be views into a CUDA graph's buffers,
+    valid until the engine runs this state again."""
 
     def __init__(self, downsample_ratio: float | str | None = "auto") -> None:
         if downsample_ratio is None:
@@ -97,8 +132,7 @@ class StreamState:
             return False
         self.reset()
         self.size = (height, width)
-        setting = self.ratio_setting
-        self.ratio = auto_downsample_ratio(height, width) if setting == "auto" else float(setting)
+        self.ratio = ratio_for(self.ratio_setting, height, width)
         return True
 
     def set_ratio(self, ratio: float) -> None:

@@ -60,9 +60,7 @@ class MattingNetwork(nn.Module):
                                   recompute_scale_factor=False)
         else:
             small = x
-        f1, f2, f3, f4 = self.backbone(small)
-        hid, r1, r2, r3, r4 = self.decoder(small, f1, f2, f3, self.aspp(f4), r1, r2, r3, r4, steps)
-        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
+        fgr_residual, pha, hid, rec = self._low_res(small, (r1, r2, r3, r4), steps)
         if downsample_ratio != 1 or always_refine:
             fgr, pha = self.refiner(x, small, fgr_residual, pha, hid)
         else:
@@ -70,4 +68,24 @@ class MattingNetwork(nn.Module):
             pha = pha.clamp(0.0, 1.0)
         if src.ndim == 5:
             fgr, pha = fgr.unflatten(0, (batch, steps)), pha.unflatten(0, (batch, steps))
-        return fgr, pha, r1, r2, r3, r4
+        return fgr, pha, *rec
+
+    def coefficients(self, small: Tensor, r1: Tensor | None = None, r2: Tensor | None = None,
+                     r3: Tensor | None = None, r4: Tensor | None = None) -> MattingOutput:
+        """The network up to the guided filter's low-resolution ``A, b`` (``[B,4,h,w]`` each) for ``small``, the
+        frames already at the internal size (``[B,3,h,w]``, 0..1); returns ``A, b, r1, r2, r3, r4``. What the
+        CPU's fast full-resolution stage applies (rvm_live/engine/fullres.py)."""
+        if small.ndim != 4:
+            raise ValueError(f"small must be [B,3,h,w], got shape {tuple(small.shape)}")
+        fgr_residual, pha, hid, rec = self._low_res(small, (r1, r2, r3, r4), 1)
+        a, b = self.refiner.coefficients(small, fgr_residual, pha, hid)
+        return a, b, *rec
+
+    def _low_res(self, small: Tensor, rec: tuple[Tensor | None, ...],
+                 steps: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """Encoder, LR-ASPP, recurrent decoder and projection at the internal size: the fgr residual, alpha,
+        the decoder's hidden features and the new recurrent state."""
+        f1, f2, f3, f4 = self.backbone(small)
+        hid, *rec_out = self.decoder(small, f1, f2, f3, self.aspp(f4), *rec, steps)
+        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
+        return fgr_residual, pha, hid, rec_out

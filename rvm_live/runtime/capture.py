@@ -11,7 +11,6 @@ from ..bus import Bus, SourceBack, SourceLost
 from ..errors import SourceError
 from ..frame import END, Frame
 from .session import Session
-from .sink_worker import backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class CaptureStage:
                         continue
                     break
                 frame = Frame(index, time.monotonic_ns(), session.id, image, generation=generation,
-                              pts=getattr(source, "last_pts", None))
+                              pts=source.last_pts)
                 session.stats_data.frame_in()
                 while not session.capture_queue.put(frame, timeout=POLL_S):
                     if self.stop.is_set():
@@ -68,16 +67,16 @@ class CaptureStage:
             source.close()
 
     def _reconnect(self, cause: Exception) -> bool:
-        """Reopen a lost live source with backoff; one log line per outage. False when stopping."""
+        """Reopen a lost live source with backoff; one log line per outage, and ``SourceLost``/``SourceBack`` on
+        the bus (the session and the outputs follow them). False when stopping."""
         session = self.session
+        lost_at = time.monotonic()
         if session.source_up:  # (not up yet at start: "waiting" was said already)
             log.warning("%ssource lost: %s; retrying with backoff", session.log_prefix, cause)
-            session.stats_data.outage_started()
             self.bus.post(SourceLost(session.id, str(cause)))
-        session.source_up = False
         # what lets it come back fast (a bound UDP socket) stays; the rest is released
-        getattr(session.source, "suspend", session.source.close)()
-        for delay in getattr(session.source, "retry_delays", backoff_delays)():
+        session.source.suspend()
+        for delay in session.source.retry_delays():
             if self.stop.wait(delay):
                 return False
             try:
@@ -85,10 +84,8 @@ class CaptureStage:
             except SourceError as exc:
                 log.debug("reconnect failed: %s", exc)
                 continue
-            session.source_up = True
-            seconds = session.stats_data.outage_ended()
+            seconds = time.monotonic() - lost_at
             log.warning("%ssource back after %.1f s", session.log_prefix, seconds)
             self.bus.post(SourceBack(session.id, seconds))
             return True
         return False  # pragma: no cover - the generator never ends
-

@@ -1,8 +1,8 @@
 """The daemon: builds one session per stream around one shared engine, owns the threads and the stop, reads
 the bus, and implements the controller that the control API and SIGHUP drive.
 
-Threads: one capture thread per stream, one inference thread for all of them, one thread per output.
-One stop event; every failure reaches the caller of ``wait()``/``run()`` through the bus.
+Threads: one capture thread per stream, one inference thread and one render thread for all of them, one
+thread per output. One stop event; every failure reaches the caller of ``wait()``/``run()`` through the bus.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from ..bus import Bus, ErrorEvent, QualityChanged
 from ..config import Config, stream_configs
+from ..engine.core import Engine
 from ..engine.select import build_engine
 from ..errors import ConfigError, PipelineError, RvmLiveError
 from ..io.files import check_output_files
@@ -22,6 +23,7 @@ from ..io.sinks.base import Sink
 from ..io.sources.base import Source, create_source
 from .capture import CaptureStage
 from .inference import InferenceStage
+from .render import RenderStage
 from .session import Session, default_outputs
 
 log = logging.getLogger(__name__)
@@ -32,10 +34,11 @@ POLL_S = 0.1
 class Daemon:
     """Runs every stream of ``config`` (its ``[[streams]]`` table, or the one stream its flags describe).
 
-    ``engine`` is shared by all streams. ``sources``/``sinks`` replace the configured source/outputs of the
-    streams they name (by id; a plain value or list means the only stream) for tests and embedding."""
+    ``engine`` (built from ``config`` by default) is shared by all streams. ``source``/``sinks`` replace the
+    configured source/outputs of the streams they name (by id; a plain value or list means the only stream)
+    for tests and embedding."""
 
-    def __init__(self, config: Config, *, engine: Any = None, states: list[Any] | None = None,
+    def __init__(self, config: Config, *, engine: Engine | None = None,
                  source: Source | dict[str, Source] | None = None,
                  sinks: list[Sink] | dict[str, list[Sink]] | None = None) -> None:
         self.config = config
@@ -56,17 +59,17 @@ class Daemon:
         self.failed = threading.Event()  # a stage failed: outputs close without publishing (files stay .part)
         self.doorbell = threading.Event()
         self.sessions = [
-            _for_stream(stream_id, multi, Session, stream_id, cfg,
-                        state=states[i] if states else self.engine.new_state(cfg.downsample),
+            _for_stream(stream_id, multi, Session, stream_id, cfg, state=self.engine.new_state(cfg.downsample),
                         device=self.engine.device, dtype=self.engine.dtype, stop=self.stop_event, failed=self.failed,
-                        bus=self.bus, source=sources.get(stream_id), sinks=sinks.get(stream_id),
+                        bus=self.bus, source=sources[stream_id], sinks=sinks.get(stream_id),
                         output_suffix=f"-{stream_id}" if suffix else "")
-            for i, (stream_id, cfg) in enumerate(specs)]
+            for stream_id, cfg in specs]
         self._by_id = {s.id: s for s in self.sessions}
         self.bus.subscribe(QualityChanged, self._log_quality)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.inference: InferenceStage | None = None
+        self.renderer = RenderStage(self.stop_event)  # renders while the inference thread runs the next frames
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def open_source(self) -> None:
@@ -75,8 +78,10 @@ class Daemon:
         chunk_auto = 4 if self.engine.device.type == "cuda" else 1
         for session in self.sessions:
             if not session.workers:
+                # along time only where one network call takes a whole chunk: torch's exact network
+                chunking = self.engine.runtime == "torch" and self.engine.fullres == "exact" and len(self.sessions) == 1
                 _for_stream(session.id, len(self.sessions) > 1, session.open_source, chunk_auto=chunk_auto,
-                            chunking=self.engine.engine == "torch" and len(self.sessions) == 1)
+                            chunking=chunking)
 
     def start(self) -> Daemon:
         """Open the sources and start the threads."""
@@ -87,7 +92,7 @@ class Daemon:
             stage = CaptureStage(session, stop=self.stop_event, bus=self.bus, doorbell=self.doorbell)
             self._spawn(f"rvm-capture-{session.id}" if multi else "rvm-capture", stage.run, session.id)
         self.inference = InferenceStage(self.sessions, self.engine, stop=self.stop_event, bus=self.bus,
-                                        doorbell=self.doorbell)
+                                        doorbell=self.doorbell, renderer=self.renderer.start())
         self._spawn("rvm-inference", self.inference.run, None)
         for session in self.sessions:
             for i, worker in enumerate(session.workers):
@@ -161,7 +166,8 @@ class Daemon:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(5.0)
-        stuck = [t.name for t in self._threads if t.is_alive()]
+        self.renderer.close()
+        stuck = [t.name for t in self._threads if t.is_alive()] + (["rvm-render"] if self.renderer.alive else [])
         if stuck:
             # closing a container under a thread still inside it (a blocked network write) could crash
             # the process; the threads are daemons and end with it
@@ -201,8 +207,8 @@ class Daemon:
                 "paused": all(s.paused.is_set() for s in self.sessions), "streams": self.streams()}
 
     def _model_info(self) -> dict[str, Any]:
-        return {"backbone": self.engine.backbone, "device": str(self.engine.device),
-                "fullres": "fast" if getattr(self.engine, "fused", False) else "exact"}
+        return {"backbone": self.engine.backbone, "device": str(self.engine.device), "engine": self.engine.runtime,
+                "fullres": self.engine.fullres}
 
     def stats(self, stream: str | None = None) -> dict[str, Any]:
         """The stats JSON: one stream's (the only one's by default), or, with several streams, totals plus

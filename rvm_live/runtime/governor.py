@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-import torch
 
 from ..bus import QualityChanged
-from ..engine.state import resize_state, state_sizes
 
 log = logging.getLogger(__name__)
 
@@ -116,34 +111,3 @@ class Governor:
         decision = QualityChanged(self.stream_id, self.ratio, previous, self.mean_ms or 0.0, reason)
         self.mean_ms = None
         return decision
-
-
-@torch.inference_mode()
-def measure_pop(model: Any, frames: np.ndarray, ratio_from: float, ratio_to: float, switch_at: int,
-                after: int = 5) -> dict[str, float]:
-    """How much a ratio change pops: mean |Δα| over the ``after`` frames following the switch, against a run
-    at ``ratio_to`` from the start, when the state is carried (resized) and when it is reset.
-
-    ``model`` is a ``MattingNetwork`` on the CPU; ``frames`` uint8 ``N x H x W x 3``."""
-    height, width = frames.shape[1:3]
-
-    def run(ratios: list[float], carry: bool) -> list[torch.Tensor]:
-        state: list[Any] = [None] * 4
-        alphas = []
-        for i, (image, ratio) in enumerate(zip(frames, ratios)):
-            if i and ratio != ratios[i - 1]:
-                state = resize_state(state, state_sizes(height, width, ratio)) if carry else [None] * 4
-            src = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-            _, pha, *state = model(src, *state, downsample_ratio=ratio)
-            alphas.append(pha)
-        return alphas
-
-    n = switch_at + after
-    reference = run([ratio_to] * n, carry=True)
-    switched = [ratio_from] * switch_at + [ratio_to] * after
-    result = {}
-    for name, carry in (("carried", True), ("reset", False)):
-        alphas = run(switched, carry)
-        result[name] = float(torch.stack([(a - b).abs().mean() for a, b in
-                                          zip(alphas[switch_at:], reference[switch_at:])]).mean())
-    return result

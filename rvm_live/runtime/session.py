@@ -1,9 +1,11 @@
 """One stream in the daemon: its source, recurrent state, background, settings, outputs and stats.
 
 A session owns no thread. The capture stage reads its source into ``capture_queue``; the shared inference
-stage mattes its frames (batched with other sessions of the same size and ratio) against ``state`` and
-hands the results to ``workers``, one sink thread each. Everything the control API can change on a stream
-(background, pause, reset, threshold, mirror) lives here, behind this object's methods.
+stage mattes its frames (batched with other sessions of the same size and ratio) against ``state``, and the
+render stage renders them as ``plan()`` says and hands them to ``workers``, one sink thread each. Everything
+the control API can change on a stream (background, pause, reset, threshold, mirror) lives here, behind this
+object's methods. What other threads learn about the stream (source lost or back, quality changes, its end)
+reaches it as events on the bus.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from ..bus import Bus
-from ..compositing.backgrounds import Background, check_background, parse_background
+from ..bus import Bus, EndOfStreamEvent, Event, QualityChanged, SourceBack, SourceLost
+from ..compositing.backgrounds import Background, check_background, opaque, parse_background
 from ..config import Config, check_internal_size
+from ..engine.render import Picture, RenderPlan
+from ..engine.state import StreamState
 from ..errors import ConfigError, MediaError, SourceNotReady
 from ..frame import Frame
 from ..io.sinks.base import Sink, create_sink
-from ..io.sources.base import Source, create_source
+from ..io.sources.base import Source
 from ..queues import FrameQueue
 from .sink_worker import SinkWorker
 from .stats import Stats
@@ -45,21 +49,24 @@ def default_outputs(config: Config, suffix: str = "") -> tuple[str, ...]:
 class Session:
     """A stream's parts and live settings. ``state`` is the engine's recurrent state for this stream."""
 
-    def __init__(self, stream_id: str, config: Config, *, state: Any, device: Any, dtype: Any,
-                 stop: threading.Event, failed: threading.Event, bus: Bus, source: Source | None = None,
+    def __init__(self, stream_id: str, config: Config, *, state: StreamState, device: Any, dtype: Any,
+                 stop: threading.Event, failed: threading.Event, bus: Bus, source: Source,
                  sinks: list[Sink] | None = None, output_suffix: str = "") -> None:
         self.id = stream_id
         self.config = config
         self.state = state
         self.device, self.dtype = device, dtype
         self.stop, self.failed, self.bus = stop, failed, bus
-        self.source = source if source is not None else create_source(config.source, config)
+        self.source = source
         self.sinks = sinks if sinks is not None else [create_sink(s, config)
                                                       for s in default_outputs(config, output_suffix)]
         if not self.sinks:
             raise ConfigError(f"stream {stream_id}: no outputs")
         if config.control and sinks is None:  # the web page's live preview taps the output (sinks/mjpeg.py)
             self.sinks.append(create_sink("preview", config))
+        # RGB or RGBA, decided once: a transparent background comes down with its alpha only for outputs
+        # that take it (a sink that does not is given the RGB part by its worker)
+        self.alpha_out = any(sink.accepts_alpha for sink in self.sinks)
         try:
             check_background(config.bg)  # a typo fails now, before a model is loaded or downloaded
         except ValueError as exc:
@@ -78,9 +85,9 @@ class Session:
         self.live = True  # until the source is open: the cautious choice for a background video
         self.reconnects = False
         self.chunk = 1
-        self.ended = False  # the inference stage has seen this stream's end
-        self.governor: Any = None  # live streams with quality = "auto": made by the inference stage
+        self.ended = False  # every frame of this stream has reached its outputs' queues
         self.quality_changes = 0
+        bus.subscribe(Event, self._on_event)
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name=f"capture:{stream_id}")
         self.workers: list[SinkWorker] = []
 
@@ -88,22 +95,20 @@ class Session:
     def open_source(self, *, chunk_auto: int = 1, chunking: bool = False) -> None:
         """Open the source in the caller's thread (a bad camera or file fails before anything starts) and
         build the queues and sink workers its kind calls for."""
-        cancel_on = getattr(self.source, "cancel_on", None)
-        if cancel_on is not None:  # a source waiting for a peer gives up waiting when we stop
-            cancel_on(self.stop)
+        self.source.cancel_on(self.stop)  # a source waiting for a peer gives up waiting when we stop
         try:
             self.source.open()
         except SourceNotReady as exc:  # a network stream not up yet: wait for it, like after a loss
             log.warning("%s%s; waiting for it", self.log_prefix, exc)
             self.stats_data.outage_started()
         else:
-            size = getattr(self.source, "size", None)
+            size = self.source.size
             if size and all(size):  # the ratio's floor depends on the frame size, known only now
                 check_internal_size(self.config.downsample, *size)
             self.source_up = True
         self.fps = float(self.source.fps or self.config.fps or DEFAULT_FPS)
         # cameras and network streams come back after an outage; a file played --realtime just ends
-        self.reconnects = bool(getattr(self.source, "reconnect", self.source.live))
+        self.reconnects = bool(self.source.reconnect)
         self.live = live = bool(self.source.live)
         if self._background is None:
             self._background = self._load_background(self.config.bg)
@@ -140,20 +145,44 @@ class Session:
         """The picture the network sees: the captured one, mirrored when asked."""
         return np.ascontiguousarray(frame.image[:, ::-1] if self.mirror else frame.image)
 
-    def finish(self, frame: Frame, image: np.ndarray, out: np.ndarray, alpha: np.ndarray | None) -> Frame:
-        """The output frame: ``out`` (side by side with the input when asked), carrying ``frame``'s timing."""
+    def plan(self) -> RenderPlan:
+        """How this stream's next frame is rendered: its background, threshold, and RGB or RGBA."""
+        return RenderPlan(self.background(), self.threshold, self.alpha_out)
+
+    @property
+    def governed(self) -> bool:
+        """Whether the quality governor sets this stream's ratio (live, ``quality = "auto"``)."""
+        return self.live and self.config.quality == "auto"
+
+    def finish(self, frame: Frame, image: np.ndarray, picture: Picture) -> Frame:
+        """The output frame: the rendered ``picture`` (side by side with the input when asked), carrying
+        ``frame``'s timing."""
+        out = picture.image
         if self.config.side_by_side:
-            original = image
-            if out.shape[2] == 4:
-                original = np.dstack([original, np.full(original.shape[:2], 255, np.uint8)])
-            out = np.hstack([original, out])
-        return frame.with_image(out, alpha)
+            out = np.hstack([opaque(image, out.shape[2] == 4), out])
+        return frame.with_image(out, picture.alpha)
 
     def passthrough(self, frame: Frame, image: np.ndarray) -> Frame:
         """A paused stream's frame: unmatted, but the same layout and channels, so outputs keep their size."""
-        alpha = np.full(image.shape[:2], 255, np.uint8)
-        out = np.dstack([image, alpha]) if self.background().transparent else image
-        return self.finish(frame, image, out, alpha)
+        plan = self.plan()
+        picture = Picture(opaque(image, plan.rgba and plan.background.transparent),
+                          np.full(image.shape[:2], 255, np.uint8))
+        return self.finish(frame, image, picture)
+
+    def _on_event(self, event: Event) -> None:
+        """This stream's news from other threads (the bus runs it on the poster's thread)."""
+        if event.stream_id != self.id:
+            return
+        if isinstance(event, SourceLost):
+            self.source_up = False
+            self.stats_data.outage_started()
+        elif isinstance(event, SourceBack):
+            self.source_up = True
+            self.stats_data.outage_ended()
+        elif isinstance(event, QualityChanged):
+            self.quality_changes += 1
+        elif isinstance(event, EndOfStreamEvent):
+            self.ended = True
 
     # ----- lifecycle ---------------------------------------------------------------------------------
     def close_backgrounds(self) -> None:
@@ -195,10 +224,9 @@ class Session:
 
     def stats(self, **model: Any) -> dict[str, Any]:
         """This stream's stats JSON: counts, fps, capture→sink latency, per-sink counters, outages."""
-        ratio = getattr(self.state, "ratio", None)
         return self.stats_data.snapshot(
-            frames_dropped=self.dropped(), **model, downsample_ratio=ratio,
-            quality="auto" if self.governor is not None else "fixed", quality_changes=self.quality_changes,
+            frames_dropped=self.dropped(), **model, downsample_ratio=self.state.ratio,
+            quality="auto" if self.governed else "fixed", quality_changes=self.quality_changes,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
             paused=self.paused.is_set(), background=self.background_spec, source_stale_frames=self.stale_frames(),
             background_error=self.background_error())

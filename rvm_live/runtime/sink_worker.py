@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from ..bus import Bus, Event, SinkBack, SinkLost, SourceBack, SourceLost
 from ..errors import SinkError, VirtualCameraError
 from ..frame import END, Frame
+from ..io.backoff import backoff_delays
 from ..io.sinks.base import Sink
 from ..queues import Empty, FrameQueue
 from .stats import Stats, no_signal_card
@@ -23,17 +26,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1
 KEEPALIVE_PERIODS = 3
 KEEPALIVE_MIN_S = 1.0
-BACKOFF_START_S = 0.25
-BACKOFF_MAX_S = 5.0
 NO_FRAME_CARD_SIZE = (360, 640)  # (height, width) of the card shown before a live source's first frame
-
-
-def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> Iterator[float]:
-    """0.25, 0.5, 1, 2, 4, 5, 5, ... seconds."""
-    delay = start
-    while True:
-        yield delay
-        delay = min(delay * 2, cap)
 
 
 class SinkWorker:
@@ -50,9 +43,7 @@ class SinkWorker:
         if bus is not None:
             bus.subscribe(SourceLost, lambda e: self._source_event(e, False))
             bus.subscribe(SourceBack, lambda e: self._source_event(e, True))
-        cancel_on = getattr(sink, "cancel_on", None)
-        if cancel_on is not None:  # a sink that waits on a peer stops waiting when the pipeline stops
-            cancel_on(stop)
+        sink.cancel_on(stop)  # a sink that waits on a peer stops waiting when the pipeline stops
         self.queue: FrameQueue = FrameQueue(queue_size, leaky=leaky, name=f"sink:{sink.name}")
         self.period = 1.0 / fps
         # repeat the last frame only after a real silence: never because inference is slower than the source
@@ -127,15 +118,17 @@ class SinkWorker:
                 self._deliver(item)
         finally:
             self.is_open = False
-            abort = getattr(self.sink, "abort", None)
-            if self.failed.is_set() and abort is not None:
-                abort()  # the run failed: a file keeps its partial output under its temporary name
-            elif self.stop.is_set() and not self.publish_on_stop and abort is not None:
-                abort("stopped before the end of its source")  # a half-made file never replaces a whole one
+            if self.failed.is_set():
+                self.sink.abort()  # the run failed: a file keeps its partial output under its temporary name
+            elif self.stop.is_set() and not self.publish_on_stop:
+                self.sink.abort("stopped before the end of its source")  # a half-made file never replaces a whole
             else:
                 self.sink.close()
 
     def _deliver(self, frame: Frame, *, real: bool = True) -> None:
+        if frame.image.shape[2] == 4 and not self.sink.accepts_alpha:
+            # the stream comes down as RGBA for another of its outputs: this one takes the RGB part
+            frame = frame.with_image(np.ascontiguousarray(frame.image[..., :3]), frame.alpha)
         if self.failure is not None or (not self.is_open and not self._open(frame)):
             self.count_lost(real)
             return

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,28 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine.matter import Matter, auto_downsample_ratio, check_ratio, pick_engine, resolve_device
+from ..engine.loading import pick_engine, resolve_device
+from ..engine.matter import Matter
+from ..engine.state import check_ratio, ratio_for
+from .common import bench_frames, encode_clip, machine_info
 from .feedback import load_average, load_report, load_warning, progress
 
 log = logging.getLogger(__name__)
 
 BLOCK_GAP_S = 0.2
 ALTERNATING_BLOCKS = 4
-
-
-def bench_frames(width: int, height: int, count: int) -> list[np.ndarray]:
-    """``count`` RGB uint8 frames of the demo clip resized to ``width x height``, looped as needed."""
-    import cv2
-
-    from ..assets import demo_clip
-    from ..io._av import av
-
-    with av.open(str(demo_clip())) as container:
-        clip = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    shrink = width * height < clip[0].shape[0] * clip[0].shape[1]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    resized = [cv2.resize(f, (width, height), interpolation=interp) for f in clip[:count]]
-    return [resized[i % len(resized)] for i in range(count)]
 
 
 def summarize(seconds: list[float]) -> dict[str, float]:
@@ -76,13 +62,13 @@ class OrtRunner:
         self.version = ort.__version__
         self.session = cpu_session(fetch(MOBILENETV3_ONNX_MIRROR), threads)
         self.ratio = np.array([ratio], np.float32)
-        self.state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+        self.state: list[np.ndarray | None] = [None] * 4
 
     def step(self, frame: np.ndarray) -> None:
+        from ..engine.ort import run_recurrent
+
         src = (frame.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
-        _, _, *self.state = self.session.run(None, {"src": src, "r1i": self.state[0], "r2i": self.state[1],
-                                                    "r3i": self.state[2], "r4i": self.state[3],
-                                                    "downsample_ratio": self.ratio})
+        _, self.state = run_recurrent(self.session, {"src": src, "downsample_ratio": self.ratio}, self.state)
 
 
 def _sync(device: torch.device) -> None:
@@ -136,50 +122,31 @@ def _guarded(step: Callable[[np.ndarray], object], errors: dict[str, str],
 
 
 def _roundtrip(matter: Matter) -> Callable[[np.ndarray], object]:
-    from ..compositing.backgrounds import composite, parse_background
-    from ..engine.transfer import Download
+    from ..compositing.backgrounds import parse_background
+    from ..engine.render import RenderPlan
 
-    background = parse_background("green", device=matter.device, dtype=matter.dtype)
-    download = Download()
+    engine, state = matter.engine, matter.stream_state
+    plans = [RenderPlan(parse_background("green", device=matter.device, dtype=matter.dtype))]
 
     def step(frame: np.ndarray) -> np.ndarray:
-        fgr, pha = matter.step(frame)
-        return download(composite(fgr, pha, background, matter.last_src).image)
+        return engine.render(engine.infer([frame], [state]), plans)[0].image
 
     return step
 
 
-def encode_clip(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path:
-    """Write ``frames`` to an H.264 file (near-lossless) for the end-to-end run."""
-    from ..io._av import av
-
-    height, width = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for frame in frames:
-            image = np.ascontiguousarray(frame[: stream.height, : stream.width])
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
-
 def bench_end_to_end(frames: list[np.ndarray], *, backbone: str, device: str, fp16: bool,
                      downsample: str | float) -> dict[str, Any]:
-    """File source → pipeline → null sink; the pipeline's own stats (fps_out, capture→sink latency)."""
-    try:
-        from ..config import Config
-        from ..pipeline import run_pipeline
-    except ImportError as exc:
-        return {"available": False, "reason": f"rvm_live.pipeline is not available ({exc})"}
+    """File source → daemon → null sink; the daemon's own stats (fps_out, capture→sink latency)."""
+    from ..config import Config
+    from ..runtime.daemon import Daemon
+
     with tempfile.TemporaryDirectory(prefix="rvm-live-bench-") as tmp:
         source = encode_clip(frames, Path(tmp) / "bench.mp4")
         config = Config(source=str(source), outputs=("null",), device=device, fp16=fp16, backbone=backbone,
                         downsample=downsample, max_frames=len(frames))
         engine = pick_engine(config.engine, backbone=backbone, device=resolve_device(device), live=False)
         progress(f"end-to-end: {len(frames)} frames from a file through the pipeline ({engine} engine)")
-        stats = run_pipeline(config)
+        stats = Daemon(config).run()
     return {"available": True, "frames_out": stats.get("frames_out"), "fps": stats.get("fps_out"),
             "latency_ms": stats.get("latency_ms"), "engine": engine}
 
@@ -194,22 +161,6 @@ def _check_args(width: int, height: int, frames: int, threads: int | None) -> No
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count, library versions: what a number in BENCHMARKS.md needs next to it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device: str = "cpu", fp16: bool = False,
               frames: int = 100, threads: int | None = None, end_to_end: bool = True, onnx: bool = True,
               downsample: str | float = "auto", weights: str | None = None,
@@ -222,20 +173,20 @@ def run_bench(*, width: int, height: int, backbone: str = "mobilenetv3", device:
     threads = torch.get_num_threads()
     progress(f"{backbone} {width}x{height}: loading the model and {frames} frames")
     dev = resolve_device(device)
-    ratio = auto_downsample_ratio(height, width) if downsample == "auto" else check_ratio(float(downsample))
+    ratio = ratio_for(downsample if downsample == "auto" else check_ratio(float(downsample)), height, width)
     warmup = max(3, min(10, frames // 5))
     clip = bench_frames(width, height, frames + warmup)
     engine = pick_engine(engine, backbone=backbone, device=dev, weights=weights)
-    matter = Matter(backbone, weights=weights, device=dev, fp16=fp16, downsample_ratio=ratio, engine=engine)
+    matter = Matter(backbone, weights=weights, device=dev, fp16=fp16, downsample_ratio=ratio, runtime=engine)
     report: dict[str, Any] = {
         "machine": machine_info(),
         "settings": {"width": width, "height": height, "backbone": backbone, "device": str(dev),
                      "dtype": str(matter.dtype).removeprefix("torch."), "threads": threads,
                      "downsample_ratio": round(ratio, 6), "frames": frames, "warmup": warmup,
-                     "engine": matter.engine, "auto_engine": auto_engines(backbone, dev, weights)},
+                     "engine": matter.runtime, "auto_engine": auto_engines(backbone, dev, weights)},
     }
     engines: dict[str, Callable[[np.ndarray], object]] = {"model": matter.step}
-    if matter.engine != "torch":  # the daemon's default on this machine is not torch: time torch as well
+    if matter.runtime != "torch":  # the daemon's default on this machine is not torch: time torch as well
         engines["model_torch"] = Matter(backbone, weights=weights, device=dev, fp16=fp16,
                                         downsample_ratio=ratio).step
     ort_reason = None

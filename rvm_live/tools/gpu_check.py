@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .bench import machine_info, run_bench
+from .bench import run_bench
+from .common import machine_info
 
 # (label, run_bench kwargs); frame counts keep the whole check well under 8 minutes on an H100
 RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -48,7 +49,7 @@ def run_gpu_tests(timeout: float) -> dict[str, Any]:
 def fp16_fidelity(width: int = 1280, height: int = 720, frames: int = 60) -> dict[str, Any]:
     """fp16 (graphs) against fp32 (eager) alpha on the demo clip at ``width x height``; targets from issue 8."""
     from ..engine.matter import Matter
-    from .bench import bench_frames
+    from .common import bench_frames
 
     clip = bench_frames(width, height, frames)
     fp32 = Matter(device="cuda", fp16=False, cuda_graphs=False)
@@ -70,7 +71,7 @@ def chunk_interplay(width: int = 1280, height: int = 720, frames: int = 48) -> d
     import numpy as np
 
     from ..engine.matter import Matter
-    from .bench import bench_frames
+    from .common import bench_frames
 
     clip = bench_frames(width, height, frames)
     mixed, graphed = Matter(device="cuda"), Matter(device="cuda")
@@ -79,7 +80,7 @@ def chunk_interplay(width: int = 1280, height: int = 720, frames: int = 48) -> d
     while i < len(clip):
         n = 4 if (i // 4) % 2 else 1
         pha = mixed.step_chunk(np.stack(clip[i:i + n]))[1] if n > 1 else mixed.step(clip[i])[1]
-        graphs += [g for g in mixed.core.graphs.values() if all(g is not seen for seen in graphs)]
+        graphs += [g for g in mixed.engine.graphs.values() if all(g is not seen for seen in graphs)]
         reference = torch.cat([graphed.step(f)[1].float().clone() for f in clip[i:i + n]])
         worst = max(worst, float((pha.float() - reference).abs().max()))
         i += n

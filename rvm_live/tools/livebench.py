@@ -1,4 +1,4 @@
-"""``rvm-live bench --live``: the real pipeline on a realtime source, as a person in a video call sees it.
+"""``rvm-live bench --live``: the real daemon on a realtime source, as a person in a video call sees it.
 
 The demo clip, scaled to ``W x H``, is written to a temporary file at ``--fps`` and played ``--realtime --loop``
 through the daemon's pipeline into a null output, for ``--seconds``. Reported:
@@ -70,12 +70,12 @@ class CpuHog:
 
 
 def run_pipeline_sampled(config: Any, sink: NullSink, seconds: float) -> tuple[dict[str, Any], list[dict], dict]:
-    """Run the pipeline for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``; returns the
+    """Run the daemon for ``seconds`` (then stop it), sampling its stats every ``SAMPLE_S``; returns the
     final stats, the samples and ``{t, cpu_s}``: wall and process CPU seconds while it ran (model load
     excluded; the source's decoding of every frame, dropped or not, included)."""
-    from ..pipeline import Pipeline
+    from ..runtime.daemon import Daemon
 
-    pipeline = Pipeline(config, sinks=[sink])
+    pipeline = Daemon(config, sinks=[sink])
     samples: list[dict] = []
     start, cpu_start = time.monotonic(), time.process_time()
     try:
@@ -127,19 +127,17 @@ def reference_alphas(frames: list[np.ndarray], *, threads: int | None) -> list[n
     onnxruntime engine; torch where onnxruntime is missing) at the auto ratio, every frame in order."""
     import torch
 
-    from ..compositing.backgrounds import composite, parse_background
-    from ..engine.matter import Matter, pick_engine
+    from ..compositing.backgrounds import parse_background
+    from ..engine.core import Engine
+    from ..engine.loading import pick_engine
+    from ..engine.render import RenderPlan
 
     if threads:
         torch.set_num_threads(threads)
-    engine = pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))
-    matter, green = Matter("mobilenetv3", device="cpu", engine=engine), parse_background("green")
-    out = []
-    with torch.inference_mode():
-        for frame in frames:
-            fgr, pha = matter.step(frame)
-            out.append(composite(fgr, pha, green, matter.last_src).alpha.numpy().copy())
-    return out
+    engine = Engine("mobilenetv3", device="cpu",
+                    runtime=pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu")))
+    state, plans = engine.new_state(), [RenderPlan(parse_background("green"))]
+    return [engine.render(engine.infer([frame], [state]), plans)[0].alpha.copy() for frame in frames]
 
 
 def fidelity(recorded: dict[int, np.ndarray], reference: list[np.ndarray]) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def run_live_bench(*, width: int, height: int, fps: float = 30.0, seconds: float
     """Run the live benchmark and return its report (see the module docstring)."""
     from ..config import Config
     from ..engine.select import fullres_mode
-    from .bench import bench_frames, encode_clip, machine_info
+    from .common import bench_frames, encode_clip, machine_info
 
     if seconds <= WARMUP_S:
         raise ValueError(f"seconds must be more than the {WARMUP_S:g} s warm-up, got {seconds!r}")

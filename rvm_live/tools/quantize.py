@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.lowres import downsample, lowres_model
+from ..engine.ort import STATE_INPUTS, run_recurrent
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,16 @@ def recipe_digest(source: Path) -> str:
 
 def calibration_feeds(model_bytes: bytes, frames: np.ndarray, ratio: float) -> list[dict[str, np.ndarray]]:
     """The cut network's inputs for each frame, with the state the fp32 network carries into it."""
-    from ..engine.ort import cpu_session
+    from ..engine.ort import cpu_session, state_feed
 
     session = cpu_session(model_bytes, 1)
     small_name = session.get_inputs()[0].name
-    state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+    state: list[np.ndarray | None] = [None] * 4
     feeds = []
     for frame in frames:
-        feed = {small_name: downsample(frame[None], ratio), **dict(zip(("r1i", "r2i", "r3i", "r4i"), state))}
-        feeds.append(feed)
-        _, _, *state = session.run(None, feed)
+        feed = {small_name: downsample(frame[None], ratio)}
+        feeds.append({**feed, **state_feed(state)})
+        _, state = run_recurrent(session, feed, state)
     return feeds
 
 
@@ -59,7 +60,7 @@ def recurrent_part(model) -> list[str]:
     if RECIPE["quantize"] != "encoder":
         return []
     nodes = list(model.graph.node)
-    first = next(i for i, n in enumerate(nodes) if {"r1i", "r2i", "r3i", "r4i"} & set(n.input))
+    first = next(i for i, n in enumerate(nodes) if set(STATE_INPUTS) & set(n.input))
     return [n.name for n in nodes[first:]]
 
 
@@ -130,12 +131,12 @@ def _run(session, feeds: list[dict[str, np.ndarray]]) -> tuple[list[tuple[np.nda
     """(A, b) per frame with the session's own state carried, and the median CPU ms per frame."""
     import time
 
-    state, out, cpu = [np.zeros((1, 1, 1, 1), np.float32)] * 4, [], []
+    state: list[np.ndarray | None] = [None] * 4
+    out, cpu = [], []
     small_name = session.get_inputs()[0].name
     for feed in feeds:
         start = time.process_time()
-        a, b, *state = session.run(None, {small_name: feed[small_name], **dict(zip(("r1i", "r2i", "r3i", "r4i"),
-                                                                                   state))})
+        (a, b), state = run_recurrent(session, {small_name: feed[small_name]}, state)
         cpu.append(time.process_time() - start)
         out.append((a, b))
     return out, float(np.median(cpu[1:] or cpu)) * 1000

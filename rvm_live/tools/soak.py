@@ -1,4 +1,4 @@
-"""Soak test: run the pipeline for N minutes and report resident memory (and GPU memory) over time.
+"""Soak test: run the daemon for N minutes and report resident memory (and GPU memory) over time.
 
 ``python -m rvm_live.tools.soak --minutes 10 --json soak.json``. Growth is measured from the end of warm-up
 (the first fifth of the run, at least 10 s) to the end; it should stay within a few percent.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..pipeline import Pipeline
+from ..runtime.daemon import Daemon
 
 
 def rss_mib() -> float:
@@ -40,29 +40,29 @@ def gpu_mib() -> float | None:
 
 
 def soak(seconds: float, *, config: Config | None = None, interval: float = 2.0) -> dict[str, Any]:
-    """Run the pipeline for ``seconds`` (the demo clip looped, as fast as it goes, to a null sink)."""
+    """Run the daemon for ``seconds`` (the demo clip looped, as fast as it goes, to a null sink)."""
     config = config or Config(source="demo", loop=True, outputs=("null",))
-    pipeline = Pipeline(config)
+    daemon = Daemon(config)
     samples: list[dict[str, Any]] = []
     start = time.monotonic()
-    timer = threading.Timer(seconds, pipeline.stop)
-    pipeline.start()
+    timer = threading.Timer(seconds, daemon.stop)
+    daemon.start()
     timer.start()
     try:
-        while not pipeline.wait(timeout=interval):
-            stats = pipeline.stats()
+        while not daemon.wait(timeout=interval):
+            stats = daemon.stats()
             samples.append({"t_s": round(time.monotonic() - start, 1), "rss_mib": round(rss_mib(), 1),
                             "gpu_mib": gpu_mib(), "frames_out": stats["frames_out"]})
     finally:
         timer.cancel()
-        pipeline.close()
+        daemon.close()
     warm_t = max(10.0, seconds / 5)
     warm = [s for s in samples if s["t_s"] >= warm_t]
     growth = None
     if len(warm) >= 2:
         growth = round(100 * (warm[-1]["rss_mib"] - warm[0]["rss_mib"]) / warm[0]["rss_mib"], 2)
     return {"seconds": seconds, "warmup_s": warm_t, "rss_growth_pct_after_warmup": growth,
-            "stats": pipeline.stats(), "samples": samples}
+            "stats": daemon.stats(), "samples": samples}
 
 
 def main(argv: list[str] | None = None) -> int:

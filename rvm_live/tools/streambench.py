@@ -77,7 +77,7 @@ def run_stream_bench(counts: list[int], *, width: int = 640, height: int = 360, 
                      seconds: float = 15.0, separate: bool = True, engine: str = "auto",
                      fullres: str = "exact", quality: str = "fixed") -> dict[str, Any]:
     """The table: for each N, the daemon with N streams, and (``separate``) N processes with one each."""
-    from .bench import bench_frames, encode_clip, machine_info
+    from .common import bench_frames, encode_clip, machine_info
 
     extra = {"engine": engine, "fullres": fullres, "quality": quality, "device": "cpu"}
     rows = []

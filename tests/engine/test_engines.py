@@ -33,20 +33,20 @@ def test_step_chunk_rejects_float_frames():
 
 
 def test_onnxruntime_engine_matches_torch(frames, mobilenet):
-    ort_matter = Matter(engine="onnxruntime", device="cpu", downsample_ratio=0.375)
+    ort_matter = Matter(runtime="onnxruntime", device="cpu", downsample_ratio=0.375)
     torch_matter = Matter(model=mobilenet, device="cpu", downsample_ratio=0.375)
     for frame in frames:
         fgr_o, pha_o = ort_matter.step(frame)
         fgr_t, pha_t = torch_matter.step(frame)
         torch.testing.assert_close(pha_o, pha_t, atol=1e-3, rtol=0)
         torch.testing.assert_close(fgr_o, fgr_t, atol=1e-3, rtol=0)
-    assert ort_matter.engine == "onnxruntime" and 0.1 < float(pha_o.mean()) < 0.9
+    assert ort_matter.runtime == "onnxruntime" and 0.1 < float(pha_o.mean()) < 0.9
     ort_matter.reset()
     assert ort_matter.state == [None] * 4
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"engine": "tensorrt"}, "engine must be one of"),
-                                               ({"engine": "onnxruntime", "backbone": "resnet50"}, "mobilenetv3"),
+@pytest.mark.parametrize(("kwargs", "match"), [({"runtime": "tensorrt"}, "runtime must be one of"),
+                                               ({"runtime": "onnxruntime", "backbone": "resnet50"}, "mobilenetv3"),
                                                ({"cuda_graphs": True}, "needs a CUDA device")])
 def test_bad_engine_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -63,10 +63,10 @@ def test_cuda_graph_steps_match_eager_and_recapture_on_resize(frames):
         pha_g = graphed.step(frame)[1].float().clone()
         pha_e = eager.step(frame)[1].float()
         torch.testing.assert_close(pha_g, pha_e, atol=2e-2, rtol=0)
-    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5)]
+    assert list(graphed.engine.graphs) == [(1, 144, 176, 0.5)]
     small = np.ascontiguousarray(frames[0][:96, :128])
     assert graphed.step(small)[1].shape == (1, 1, 96, 128)
-    assert list(graphed.core.graphs) == [(1, 144, 176, 0.5), (1, 96, 128, 0.5)] and graphed.size == (96, 128)
+    assert list(graphed.engine.graphs) == [(1, 144, 176, 0.5), (1, 96, 128, 0.5)] and graphed.size == (96, 128)
 
 
 @pytest.mark.gpu
@@ -87,12 +87,12 @@ def test_chunks_between_graph_steps_keep_the_graph_and_its_state(frames):
     mixed = Matter(device="cuda", downsample_ratio=0.5)
     graphed = Matter(device="cuda", downsample_ratio=0.5)
     mixed.step(frames[0])
-    graphs = list(mixed.core.graphs.values())
+    graphs = list(mixed.engine.graphs.values())
     mixed.step_chunk(frames[1:4])  # a burst from the decoder: eager, from and back into the graph's state
     pha = mixed.step(frames[4])[1].float()
     for frame in frames[:5]:
         reference = graphed.step(frame)[1].float()
-    assert list(mixed.core.graphs.values()) == graphs  # never re-captured
+    assert list(mixed.engine.graphs.values()) == graphs  # never re-captured
     torch.testing.assert_close(pha, reference, atol=2e-2, rtol=0)
 
 

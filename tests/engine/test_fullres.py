@@ -13,11 +13,12 @@ from onnx import TensorProto, helper
 
 from rvm_live.compositing.backgrounds import ColorBackground, composite, parse_background
 from rvm_live.config import Config
-from rvm_live.engine.fullres import FastFullRes, FastMatter
-from rvm_live.engine.lowres import OrtCoefficients, TorchCoefficients, downsample, find_cut, internal_size
-from rvm_live.engine.ort import cpu_session
+from rvm_live.engine.fullres import FastFullRes
+from rvm_live.engine.lowres import OrtCoefficients, downsample, find_cut, internal_size
+from rvm_live.engine.ort import cpu_session, run_recurrent
 from rvm_live.errors import ConfigError
-from rvm_live.pipeline import Pipeline
+from rvm_live.runtime.daemon import Daemon
+from rvm_live.runtime.inference import InferenceStage
 
 RATIO = 0.5
 FRAMES = 8
@@ -33,20 +34,29 @@ def clip(carphone_frames) -> np.ndarray:
 def official(official_onnx_path, clip):
     """fgr [N,H,W,3] and pha [N,H,W] from the official export (full graph), state carried."""
     session = cpu_session(official_onnx_path, 2)
-    state = [np.zeros((1, 1, 1, 1), np.float32)] * 4
+    state = [None] * 4
     fgrs, phas = [], []
     for frame in clip:
         src = (frame.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32)
-        fgr, pha, *state = session.run(None, {"src": src, "downsample_ratio": np.array([RATIO], np.float32),
-                                              **dict(zip(("r1i", "r2i", "r3i", "r4i"), state))})
+        (fgr, pha), state = run_recurrent(session, {"src": src, "downsample_ratio": np.array([RATIO], np.float32)},
+                                          state)
         fgrs.append(fgr[0].transpose(1, 2, 0))
         phas.append(pha[0, 0])
     return np.stack(fgrs), np.stack(phas)
 
 
+def torch_coefficients(model):
+    """Our network's coefficients output, with the same contract as ``OrtCoefficients``."""
+    def run(small, state):
+        with torch.inference_mode():
+            a, b, *state = model.coefficients(torch.from_numpy(small), *state)
+        return a.numpy(), b.numpy(), state
+    return run
+
+
 def run_fast(network, clip):
     """(fgr in 0..1, pha, A, b) per frame through ``network`` and FastFullRes.matte."""
-    state, fullres, out = network.initial_state(), FastFullRes(), []
+    state, fullres, out = [None] * 4, FastFullRes(), []
     for frame in clip:
         a, b, state = network(downsample(frame[None], RATIO), state)
         fgr, pha = fullres.matte(frame, a[0], b[0])
@@ -56,8 +66,8 @@ def run_fast(network, clip):
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
 def test_fast_path_matches_the_official_export(engine, official_onnx_path, mobilenet, clip, official):
-    network = OrtCoefficients(official_onnx_path, threads=2) if engine == "onnxruntime" else TorchCoefficients(
-        mobilenet)
+    network = (OrtCoefficients(official_onnx_path, threads=2) if engine == "onnxruntime"
+               else torch_coefficients(mobilenet))
     fgr_ref, pha_ref = official
     for (fgr, pha, a, _), want_fgr, want_pha in zip(run_fast(network, clip), fgr_ref, pha_ref):
         assert a.shape == (1, 4, *internal_size(288, 352, RATIO))
@@ -69,7 +79,7 @@ def test_composite_equals_the_exact_composite_to_one_level(official_onnx_path, c
     fgr_ref, pha_ref = official
     network, fullres = OrtCoefficients(official_onnx_path, threads=2), FastFullRes()
     green = ColorBackground((0, 128, 0), device="cpu", dtype=torch.float32)
-    state = network.initial_state()
+    state = [None] * 4
     for frame, fgr, pha in zip(clip, fgr_ref, pha_ref):
         a, b, state = network(downsample(frame[None], RATIO), state)
         out = fullres(frame[None], (a, b), green)
@@ -83,19 +93,21 @@ def test_composite_equals_the_exact_composite_to_one_level(official_onnx_path, c
 
 def test_transparent_threshold_and_picture_backgrounds(official_onnx_path, clip, tmp_path):
     network = OrtCoefficients(official_onnx_path, threads=1)
-    a, b, _ = network(downsample(clip[:2], RATIO), network.initial_state())  # a batch of two frames
+    a, b, _ = network(downsample(clip[:2], RATIO), [None] * 4)  # a batch of two frames
     rgba = FastFullRes()(clip[:2], (a, b), None)
     assert rgba.image.shape == (2, 288, 352, 4)
     np.testing.assert_array_equal(rgba.image[..., 3], rgba.alpha)
     assert 0 < (rgba.alpha == 255).mean() < 1 and (rgba.alpha == 0).any()  # a person, and background
-    hard = FastFullRes(threshold=0.5)(clip[:2], (a, b), (0, 0, 255))
+    foreground = FastFullRes()(clip[:2], (a, b), None, rgba=False)  # outputs that take no alpha
+    np.testing.assert_array_equal(foreground.image, rgba.image[..., :3])
+    hard = FastFullRes()(clip[:2], (a, b), (0, 0, 255), threshold=0.5)
     assert set(np.unique(hard.alpha)) == {0, 255}
     behind = np.where(hard.alpha[..., None] == 0, hard.image, 0)  # where alpha is 0 the picture is the colour
     assert (behind[hard.alpha == 0] == [0, 0, 255]).all()
     picture = np.full((288, 352, 3), 77, np.uint8)
     cv2.imwrite(str(tmp_path / "bg.png"), picture)
     for bg in (picture, parse_background(str(tmp_path / "bg.png")), parse_background("#4d4d4d")):
-        out = FastFullRes(threshold=0.5)(clip[:1], (a[:1], b[:1]), bg)
+        out = FastFullRes()(clip[:1], (a[:1], b[:1]), bg, threshold=0.5)
         assert (out.image[0][out.alpha[0] == 0] == 77).all()
     blurred = FastFullRes()(clip[:1], (a[:1], b[:1]), parse_background("blur:8"))
     assert blurred.image.shape == (1, 288, 352, 3)
@@ -110,7 +122,7 @@ def test_bad_inputs_name_the_culprit(official_onnx_path, clip):
     with pytest.raises(ValueError, match="background picture"):
         fullres(clip[:1], (a, a), np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(ValueError, match="threshold"):
-        FastFullRes(threshold=1.5)
+        fullres(clip[:1], (a, a), None, threshold=1.5)
     identity = helper.make_graph([helper.make_node("Identity", ["src"], ["pha"])], "g",
                                  [helper.make_tensor_value_info("src", TensorProto.FLOAT, [1])],
                                  [helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1])])
@@ -125,9 +137,9 @@ def test_pipeline_fast_fullres_matches_the_exact_pipeline(carphone_path):
         record = RecordingSink()
         config = Config(source=str(carphone_path), max_frames=10, fullres=mode, engine="onnxruntime",
                         device="cpu", downsample=0.5, bg="#203040")
-        pipeline = Pipeline(config, sinks=[record])
-        assert isinstance(pipeline.state, FastMatter) == (mode == "fast")
-        stats = pipeline.run()
+        daemon = Daemon(config, sinks=[record])
+        assert daemon.engine.fullres == mode
+        stats = daemon.run()
         assert stats["frames_out"] == 10 and stats["downsample_ratio"] == 0.5
         results[mode] = [f for _, f in record.frames]
     for exact, fast in zip(results["exact"], results["fast"]):
@@ -136,63 +148,88 @@ def test_pipeline_fast_fullres_matches_the_exact_pipeline(carphone_path):
         assert np.abs(fast.image.astype(int) - exact.image.astype(int)).max() <= 2
 
 
-def _fast_run(source, monkeypatch, *, pipelined, frames=40):
-    from rvm_live.runtime import inference
+def _fast_daemon(source, *, frames=40, sinks=None):
+    config = Config(source=str(source), max_frames=frames, fullres="fast", engine="onnxruntime", device="cpu",
+                    downsample=0.5, bg="#203040")
+    return Daemon(config, sinks=sinks or [RecordingSink()])
 
-    monkeypatch.setattr(inference, "PIPELINED", pipelined)
+
+def test_the_render_thread_gives_every_frame_of_a_file_job_in_order_as_an_inline_render(carphone_path):
+    """The render on its own thread (overlapping the next frame's network) changes nothing but speed: every
+    frame, in order, identical to matting and rendering each frame in one thread."""
     record = RecordingSink()
-    pipeline = Pipeline(Config(source=str(source), max_frames=frames, fullres="fast", engine="onnxruntime",
-                               device="cpu", downsample=0.5, bg="#203040"), sinks=[record])
-    return pipeline, record
+    daemon = _fast_daemon(carphone_path, sinks=[record])
+    assert daemon.run()["frames_out"] == 40
+    assert [f.index for _, f in record.frames] == list(range(40))
+    inline = _fast_daemon(carphone_path)
+    inline.open_source()
+    session = inline.session()
+    stage = InferenceStage(inline.sessions, inline.engine, stop=inline.stop_event, bus=inline.bus,
+                           doorbell=inline.doorbell)
+    try:
+        for index, (_, threaded) in enumerate(record.frames):
+            from rvm_live.frame import Frame
+
+            alone = stage.matte_one(session, Frame(index, 0, "0", session.source.read()))
+            np.testing.assert_array_equal(threaded.image, alone.image)
+    finally:
+        inline.close()
 
 
-def test_the_pipelined_fast_path_gives_exactly_the_serial_frames_in_order(carphone_path, monkeypatch):
-    """The full-res stage on its own thread (overlapping the next frame's network) changes nothing but speed:
-    every frame, in order, identical to the one-thread path."""
-    results = {}
-    for pipelined in (False, True):
-        pipeline, record = _fast_run(carphone_path, monkeypatch, pipelined=pipelined)
-        assert pipeline.run()["frames_out"] == 40
-        assert (pipeline.inference._finisher is not None) == pipelined  # the path under test ran
-        results[pipelined] = [f for _, f in record.frames]
-    assert [f.index for f in results[True]] == list(range(40))
-    for serial, pipelined in zip(results[False], results[True], strict=True):
-        np.testing.assert_array_equal(pipelined.image, serial.image)
-
-
-def test_a_failure_in_the_pipelined_full_res_stage_stops_the_run_with_its_cause(carphone_path, monkeypatch):
+def test_a_failure_in_the_render_thread_stops_the_run_with_its_cause(carphone_path, monkeypatch):
     from rvm_live.errors import PipelineError
 
-    pipeline, record = _fast_run(carphone_path, monkeypatch, pipelined=True, frames=None)
-    engine, done = pipeline.engine, []
-    real = engine.complete
+    record = RecordingSink()
+    daemon = _fast_daemon(carphone_path, frames=None, sinks=[record])
+    engine, done = daemon.engine, []
+    real = engine.render
 
-    def failing(begun, state, background, threshold):  # the real stage, failing at the 10th frame
+    def failing(matte, plans):  # the real render, failing at the 10th frame
         if len(done) == 9:
             raise MemoryError("cannot allocate the composite")
         done.append(1)
-        return real(begun, state, background, threshold)
+        return real(matte, plans)
 
-    monkeypatch.setattr(engine, "complete", failing)
+    monkeypatch.setattr(engine, "render", failing)
     with pytest.raises(PipelineError, match="MemoryError: cannot allocate the composite") as err:
-        pipeline.run()
+        daemon.run()
     assert isinstance(err.value.__cause__, MemoryError)
-    assert not any(t.is_alive() for t in pipeline._threads)
-    assert not pipeline.inference._finisher._thread.is_alive()
+    assert not any(t.is_alive() for t in daemon._threads) and not daemon.renderer.alive
     assert len(record.frames) <= 9 and record.closed >= 1
+
+
+def test_one_onnxruntime_session_serves_every_stream(carphone_path, monkeypatch):
+    import onnxruntime
+
+    made = []
+    real = onnxruntime.InferenceSession
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counted)
+    streams = tuple({"id": f"s{i}", "source": str(carphone_path), "outputs": ["null"]} for i in range(3))
+    stats = Daemon(Config(streams=streams, max_frames=6, fullres="fast", engine="onnxruntime", device="cpu",
+                          downsample=0.5)).run()
+    assert len(made) == 1
+    assert [s["frames_out"] for s in stats["streams"].values()] == [6, 6, 6]
+    assert stats["mean_batch"] > 1  # streams of one size and ratio shared network calls
+    assert stats["engine"] == "onnxruntime" and stats["fullres"] == "fast"
 
 
 def test_fullres_auto_is_fast_for_live_sources_on_the_cpu_and_exact_for_file_jobs(carphone_path):
     from rvm_live.engine.select import fullres_mode
 
-    live = Pipeline(Config(source=str(carphone_path), realtime=True, device="cpu", engine="onnxruntime"),
-                    sinks=[RecordingSink(live=True)])
-    job = Pipeline(Config(source=str(carphone_path), device="cpu", engine="onnxruntime"), sinks=[RecordingSink()])
+    live = Daemon(Config(source=str(carphone_path), realtime=True, device="cpu", engine="onnxruntime"),
+                  sinks=[RecordingSink(live=True)])
+    job = Daemon(Config(source=str(carphone_path), device="cpu", engine="onnxruntime"), sinks=[RecordingSink()])
     try:
         assert Config().fullres == "auto"
-        assert getattr(live.engine, "fused", False) and isinstance(live.state, FastMatter)
-        assert not getattr(job.engine, "fused", False) and not isinstance(job.state, FastMatter)
-        assert live.stats()["fullres"] == "fast" and job.stats()["fullres"] == "exact"  # what users see
+        assert live.engine.fullres == "fast" and job.engine.fullres == "exact"
+        # what users see, with the runtime that runs the network
+        assert live.stats()["fullres"] == "fast" and job.stats()["fullres"] == "exact"
+        assert live.stats()["engine"] == job.stats()["engine"] == "onnxruntime"
     finally:
         live.close()
         job.close()
@@ -205,4 +242,4 @@ def test_fast_fullres_is_a_cpu_option():
         Config(fullres="quick")
     if torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CPU"):
-            Pipeline(Config(fullres="fast", device="cuda"), sinks=[RecordingSink()])
+            Daemon(Config(fullres="fast", device="cuda"), sinks=[RecordingSink()])

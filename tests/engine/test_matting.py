@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rvm_live.engine.matter import Matter, auto_downsample_ratio, matting
+from rvm_live.engine.matter import Matter, matting
+from rvm_live.engine.state import auto_downsample_ratio, recommended_ratio
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -129,9 +130,12 @@ def test_matter_resets_on_new_resolution(carphone_frames):
 
 
 def test_auto_ratio_follows_rvm_table():
-    assert auto_downsample_ratio(720, 1280) == pytest.approx(0.375)
-    assert auto_downsample_ratio(1080, 1920) == pytest.approx(0.25)
-    assert auto_downsample_ratio(2160, 3840) == pytest.approx(0.125)
+    assert recommended_ratio(720, 1280) == pytest.approx(0.375)
+    assert recommended_ratio(1080, 1920) == pytest.approx(0.25)
+    assert recommended_ratio(2160, 3840) == pytest.approx(0.125)
+    assert recommended_ratio(144, 176) == 1.0
+    # RVM's own auto_downsample_ratio (what matting() runs at by default): the long side at most 512 px
+    assert auto_downsample_ratio(1080, 1920) == pytest.approx(512 / 1920)
     assert auto_downsample_ratio(144, 176) == 1.0
 
 
@@ -145,7 +149,7 @@ def test_fp16_on_cuda_matches_fp32(clip):
 
 
 def test_auto_engine_picks_onnxruntime_only_where_it_can_run():
-    from rvm_live.engine.matter import pick_engine
+    from rvm_live.engine.loading import pick_engine
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pick_engine("auto", backbone="mobilenetv3", device=cpu) == "onnxruntime"  # a base dependency

@@ -273,20 +273,20 @@ def test_graph_steps_chunks_resets_and_batches_are_ordered(fake_cuda, mobilenet,
     a, b = engine.new_state(0.5), engine.new_state(0.5)
     frames = carphone_frames
     for t in range(3):
-        engine.step([frames[t]], [a])
+        engine.infer([frames[t]], [a])
         fake_cuda.caught_up("step")
     a.reset()
-    engine.step([frames[3]], [a])
+    engine.infer([frames[3]], [a])
     src = engine.upload(frames[4:7])  # a chunk from a bursty decoder: eager, back into the graph's slot
     fake_cuda.caught_up("upload")
     engine.run_clip(src.unsqueeze(0), a)
-    engine.step([frames[7]], [a])
+    engine.infer([frames[7]], [a])
     for t in range(8, 10):  # two streams in one graph, then swapped slots
-        engine.step([frames[t], frames[t][:, ::-1].copy()], [a, b])
+        engine.infer([frames[t], frames[t][:, ::-1].copy()], [a, b])
         fake_cuda.caught_up("batched step")
-    engine.step([frames[10][:, ::-1].copy(), frames[10]], [b, a])
+    engine.infer([frames[10][:, ::-1].copy(), frames[10]], [b, a])
     b.set_ratio(0.25)
-    engine.step([frames[11]], [b])
+    engine.infer([frames[11]], [b])
     fake_cuda.caught_up("step")
     assert len(engine.graphs) == 3 and not fake_cuda.errors, fake_cuda.errors
     assert any("wait_stream" in line for line in fake_cuda.log)
@@ -297,8 +297,8 @@ def test_graph_replays_match_eager_steps(fake_cuda, mobilenet, carphone_frames):
     graphed, eager = _engine(mobilenet), _engine(mobilenet, cuda_graphs=False)
     sg, se = graphed.new_state(0.5), eager.new_state(0.5)
     for frame in carphone_frames[:4]:
-        pg = graphed.step([frame], [sg]).pha.clone()
-        pe = eager.step([frame], [se]).pha
+        pg = graphed.infer([frame], [sg]).pha.clone()
+        pe = eager.infer([frame], [se]).pha
         torch.testing.assert_close(pg, pe, atol=1e-5, rtol=0)
     assert not fake_cuda.errors, fake_cuda.errors
 
@@ -307,7 +307,7 @@ def test_eager_cuda_path_is_ordered(fake_cuda, mobilenet, carphone_frames):
     engine = _engine(mobilenet, cuda_graphs=False)
     state = engine.new_state(0.5)
     for frame in carphone_frames[:3]:
-        engine.step([frame], [state])
+        engine.infer([frame], [state])
         fake_cuda.caught_up("eager step")
     engine.run_clip(engine.upload(np.stack(carphone_frames[3:6])).unsqueeze(0), state)
     assert not fake_cuda.errors, fake_cuda.errors
@@ -323,7 +323,7 @@ def test_the_checker_catches_a_reset_left_on_the_side_stream(fake_cuda, mobilene
 
     engine = _engine(mobilenet)
     state = engine.new_state(0.5)
-    engine.step([carphone_frames[0]], [state])
+    engine.infer([carphone_frames[0]], [state])
     src = engine.upload(carphone_frames[1:3])
     monkeypatch.setattr(GraphedStep, "reset", reset_on_side_stream)
     with torch.inference_mode():

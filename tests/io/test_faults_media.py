@@ -175,9 +175,9 @@ def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, m
     from helpers import RecordingSink
 
     from rvm_live.config import Config
-    from rvm_live.engine.matter import Matter
+    from rvm_live.engine import Engine
     from rvm_live.io.sinks.stream import StreamSink
-    from rvm_live.pipeline import Pipeline
+    from rvm_live.runtime.daemon import Daemon
 
     src, out = tmp_path / "vfr.mp4", tmp_path / "out.mp4"
     times_ms = np.cumsum([0] + [20 if i % 2 else 63 for i in range(39)])
@@ -191,7 +191,7 @@ def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, m
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     config = Config(source=str(src), outputs=(str(out),))
-    Pipeline(config, matter=Matter("mobilenetv3", model=mobilenet, device="cpu"),
+    Daemon(config, engine=Engine("mobilenetv3", model=mobilenet, device="cpu"),
              sinks=[RecordingSink(), StreamSink(str(out), config)]).run()
     with av.open(str(src)) as c:
         source_times = [f.time for f in c.decode(video=0)]

@@ -15,10 +15,10 @@ from helpers import RecordingSink
 from media import Peer, free_port, ramp_level, send, send_ramp, wait_until
 
 from rvm_live.config import Config
-from rvm_live.engine.matter import Matter
+from rvm_live.engine import Engine
 from rvm_live.errors import SourceError, SourceNotReady
 from rvm_live.io.sources.stream import StreamSource
-from rvm_live.pipeline import Pipeline
+from rvm_live.runtime.daemon import Daemon as InProcessDaemon
 from rvm_live.runtime.stats import no_signal_card
 
 
@@ -42,8 +42,8 @@ def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
 def test_outputs_show_the_card_until_a_late_source_comes_up(mobilenet):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
-    pipeline = Pipeline(Config(source=url, no_signal_timeout=0.2), sinks=[sink],
-                        matter=Matter("mobilenetv3", model=mobilenet, device="cpu"))
+    pipeline = InProcessDaemon(Config(source=url, no_signal_timeout=0.2), sinks=[sink],
+                        engine=Engine("mobilenetv3", model=mobilenet, device="cpu"))
     pipeline.start()
     try:
         wait_until(lambda: len(sink.frames) >= 2, 30, "the no-signal card")

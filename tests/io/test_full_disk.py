@@ -10,10 +10,10 @@ from helpers import RecordingSink
 from media import decode_file, wait_until
 
 from rvm_live.config import Config
-from rvm_live.engine.matter import Matter
+from rvm_live.engine import Engine
 from rvm_live.errors import PipelineError
 from rvm_live.io.sinks.stream import StreamSink
-from rvm_live.pipeline import Pipeline
+from rvm_live.runtime.daemon import Daemon
 
 
 class FullDisk:
@@ -56,8 +56,8 @@ def test_a_full_disk_costs_a_live_daemon_only_that_recording(tmp_path, carphone_
     disks = disk_fills_after(15)
     record, other = tmp_path / "rec.mp4", RecordingSink("other")
     config = Config(source=str(carphone_path), realtime=True, loop=True, no_signal_timeout=5)
-    pipeline = Pipeline(config, matter=Matter("mobilenetv3", model=mobilenet, device="cpu"),
-                        sinks=[StreamSink(str(record), config), other])
+    pipeline = Daemon(config, engine=Engine("mobilenetv3", model=mobilenet, device="cpu"),
+                      sinks=[StreamSink(str(record), config), other])
     pipeline.start()
     try:
         wait_until(lambda: disks and disks[0].full, 120, "the full disk")
@@ -82,8 +82,8 @@ def test_a_full_disk_still_fails_a_file_job(tmp_path, carphone_path, mobilenet, 
     disk_fills_after(15)
     record = tmp_path / "rec.mp4"
     config = Config(source=str(carphone_path))
-    pipeline = Pipeline(config, matter=Matter("mobilenetv3", model=mobilenet, device="cpu"),
-                        sinks=[StreamSink(str(record), config)])
+    pipeline = Daemon(config, engine=Engine("mobilenetv3", model=mobilenet, device="cpu"),
+                      sinks=[StreamSink(str(record), config)])
     with pytest.raises(PipelineError, match="No space left on device"):
         pipeline.run()
     assert not record.exists() and (tmp_path / "rec.mp4.part").exists()

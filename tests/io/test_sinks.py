@@ -312,11 +312,13 @@ def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
     from rvm_live.io.sinks.vcam import VcamSink
 
     sink = VcamSink("/dev/video9", backend="rvm-test-recorder")
-    assert sink.live and not sink.accepts_alpha
-    rgba, _ = with_alpha(carphone_frames[:10])
+    assert sink.live and not sink.accepts_alpha  # so the sink worker only ever hands it RGB
+    rgba, _ = with_alpha(carphone_frames[:1])
     sink.open(176, 144, 29.97)
-    for frame in frames_of(rgba):
+    for frame in frames_of(carphone_frames[:10]):
         sink.write(frame)
+    with pytest.raises(SinkError, match=r"\(144, 176, 4\) uint8, camera opened for"):
+        sink.write(Frame(0, 0, "t", rgba[0]))
     sink.close()
     sink.close()
     (backend,) = media.RecordingBackend.instances
@@ -324,7 +326,7 @@ def test_vcam_sends_rgb_frames_to_the_backend(fake_backends, carphone_frames):
     assert backend.fourcc == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
     assert backend.device() == "/dev/video9" and backend.closed == 1
     assert len(backend.frames) == 10 and sink.frames_sent == 10
-    np.testing.assert_array_equal(np.stack(backend.frames), carphone_frames[:10])  # alpha dropped, exact
+    np.testing.assert_array_equal(np.stack(backend.frames), carphone_frames[:10])  # exact
     assert backend.sent_at == sorted(backend.sent_at)
 
 

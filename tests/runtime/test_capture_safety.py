@@ -185,7 +185,7 @@ def test_batched_engine_step_and_composite_are_capturable(carphone_frames, mobil
     try:
         for frame in carphone_frames[:2]:
             with traced(trap), torch.inference_mode():
-                out = engine.step([frame, frame[::-1]], states)
+                out = engine.infer([frame, frame[::-1]], states)
                 composite(out.fgr, out.pha, backgrounds, out.src)
                 composite(out.fgr, out.pha, backgrounds[0], out.src, threshold=0.5)
     finally:

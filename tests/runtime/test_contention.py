@@ -33,7 +33,7 @@ def test_same_coefficients_with_a_core_hogged(official_onnx_path, carphone_frame
     results = []
     for hog in (False, True):
         network = OrtCoefficients(official_onnx_path, threads=usable_cores())
-        state, out = network.initial_state(), []
+        state, out = [None] * 4, []
         with CpuHog() if hog else contextlib.nullcontext():
             for frame in small:
                 a, b, state = network(frame[None], state)

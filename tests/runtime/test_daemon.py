@@ -25,9 +25,33 @@ def engine_factory(mobilenet):
     """A fresh engine around the real (official-weights) network, as the daemon builds it."""
     def make(engine="torch"):
         if engine == "onnxruntime":
-            return Engine("mobilenetv3", device="cpu", engine="onnxruntime")
+            return Engine("mobilenetv3", device="cpu", runtime="onnxruntime")
         return Engine("mobilenetv3", model=mobilenet, device="cpu")
     return make
+
+
+class RgbOnlySink(RecordingSink):
+    """A recording output that takes no alpha, as a virtual camera or an H.264 stream."""
+
+    accepts_alpha = False
+
+
+def test_rgb_or_rgba_is_decided_once_per_stream_from_its_sinks(carphone_path, engine_factory):
+    """One engine, transparent backgrounds: the stream whose only output takes no alpha gets RGB (the
+    foreground), the one with an RGBA output gets RGBA, and in a stream with both each output gets its own."""
+    config = Config(streams=tuple({"id": i, "source": str(carphone_path), "bg": "transparent", "max_frames": 4}
+                                  for i in ("rgb", "rgba", "both")))
+    sinks = {"rgb": [RgbOnlySink("vcam-like")], "rgba": [RecordingSink("mov-like")],
+             "both": [RgbOnlySink("vcam-like"), RecordingSink("mov-like")]}
+    daemon = Daemon(config, engine=engine_factory(), sinks=sinks)
+    assert [s.plan().rgba for s in daemon.sessions] == [False, True, True]
+    daemon.run()
+    shapes = {k: [{f.image.shape for _, f in sink.frames} for sink in v] for k, v in sinks.items()}
+    assert shapes == {"rgb": [{(144, 176, 3)}], "rgba": [{(144, 176, 4)}],
+                      "both": [{(144, 176, 3)}, {(144, 176, 4)}]}
+    rgb, rgba = (sink.frames[-1][1].image for sink in sinks["both"])
+    np.testing.assert_array_equal(rgb, rgba[..., :3])  # the RGB output gets the foreground, not a composite
+    np.testing.assert_array_equal(sinks["rgb"][0].frames[-1][1].image, rgb)
 
 
 def two_streams(carphone_path, **extra) -> Config:

@@ -99,11 +99,31 @@ def test_an_empty_ladder_is_refused():
         Governor([], interval_ms=33.3)
 
 
-def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilenet, carphone_frames):
-    """The pop after a switch (mean |Δα| against a run at the new ratio from the start, 5 frames after it)."""
-    from rvm_live.runtime.governor import measure_pop
+def _alphas(engine, frames, ratios, *, carry):
+    """Alpha per frame of one stream whose ratio follows ``ratios``; a change carries the state (resized, as
+    the governor does) or resets it."""
+    state, out = engine.new_state(ratios[0]), []
+    for i, (frame, ratio) in enumerate(zip(frames, ratios)):
+        if i and ratio != ratios[i - 1]:
+            state.set_ratio(ratio)
+            if not carry:
+                state.reset()
+        out.append(engine.infer([frame], [state]).pha.clone())
+    return out
 
-    pop = measure_pop(mobilenet, carphone_frames[:20], 1.0, 0.8, switch_at=15)  # two ladder rungs
+
+def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilenet, carphone_frames):
+    """The pop after a switch: mean |Δα| against a run at the new ratio from the start, 5 frames after it."""
+    import torch
+
+    from rvm_live.engine import Engine
+
+    engine, frames, switch_at = Engine(model=mobilenet, device="cpu"), carphone_frames[:20], 15
+    reference = _alphas(engine, frames, [0.8] * 20, carry=True)
+    switched = [1.0] * switch_at + [0.8] * (20 - switch_at)  # two ladder rungs
+    pop = {name: float(torch.stack([(a - b).abs().mean() for a, b in zip(
+        _alphas(engine, frames, switched, carry=carry)[switch_at:], reference[switch_at:])]).mean())
+        for name, carry in (("carried", True), ("reset", False))}
     print(f"pop after 1.0 -> 0.8: carried {pop['carried']:.2e}, reset {pop['reset']:.2e}")
     assert pop["carried"] < pop["reset"]
 
@@ -148,13 +168,13 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     config = Config(source=str(clip), realtime=True, loop=True, fullres="fast", engine="onnxruntime")
     sink = RecordingSink("live", live=True)
     daemon = Daemon(config, sinks=[sink])
-    real = daemon.engine.begin  # the network's half of a frame, which grows with the ratio
+    real = daemon.engine.infer  # the network's half of a frame, which grows with the ratio
 
-    def slowed(image, state):
-        time.sleep(0.15 * (state.ratio or 1.0) ** 2)  # 84 ms at the top rung: far behind a 30 fps source
-        return real(image, state)
+    def slowed(images, states):
+        time.sleep(0.15 * (states[0].ratio or 1.0) ** 2)  # 84 ms at the top rung: far behind a 30 fps source
+        return real(images, states)
 
-    monkeypatch.setattr(daemon.engine, "begin", slowed)
+    monkeypatch.setattr(daemon.engine, "infer", slowed)
     caplog.set_level("INFO", logger="rvm_live")
     daemon.start()
     try:

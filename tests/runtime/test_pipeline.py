@@ -12,33 +12,42 @@ from media import Peer, decode_file, free_port, receive
 
 from rvm_live.compositing.backgrounds import composite, parse_background
 from rvm_live.config import Config
+from rvm_live.engine import Engine
 from rvm_live.engine.matter import Matter
 from rvm_live.errors import PipelineError, VirtualCameraError
 from rvm_live.io.sinks.vcam import VcamSink
-from rvm_live.pipeline import Pipeline, default_outputs
+from rvm_live.runtime.daemon import Daemon
+from rvm_live.runtime.inference import InferenceStage
+from rvm_live.runtime.session import default_outputs
 from rvm_live.runtime.stats import no_signal_card
 
 
 @pytest.fixture(scope="module")
-def matter_factory(mobilenet):
+def engine_factory(mobilenet):
     def make(**kw):
-        return Matter("mobilenetv3", model=mobilenet, device="cpu", **kw)
+        return Engine("mobilenetv3", model=mobilenet, device="cpu", **kw)
     return make
 
 
+def process(daemon: Daemon, frame):
+    """Matte and render one frame of the daemon's only stream now, in this thread (its source must be open)."""
+    return InferenceStage(daemon.sessions, daemon.engine, stop=daemon.stop_event, bus=daemon.bus,
+                          doorbell=daemon.doorbell).matte_one(daemon.session(), frame)
+
+
 def test_file_to_file_every_frame_composited_with_its_own_alpha(tmp_path, carphone_path, carphone_frames,
-                                                                matter_factory):
+                                                                engine_factory, mobilenet):
     record = RecordingSink()
     from rvm_live.io.sinks.stream import StreamSink
 
     out = tmp_path / "out.mp4"
     config = Config(source=str(carphone_path), outputs=(str(out),), max_frames=40)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[record, StreamSink(str(out), config)])
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[record, StreamSink(str(out), config)])
     stats = pipeline.run()
     assert stats["frames_in"] == stats["frames_out"] == 40 and stats["frames_dropped"] == 0
     assert [f.index for _, f in record.frames] == list(range(40))
     # an independent run of the model over the same frames gives each output frame's own alpha
-    reference, green = matter_factory(), parse_background("green")
+    reference, green = Matter("mobilenetv3", model=mobilenet, device="cpu"), parse_background("green")
     for (_, frame), source in zip(record.frames, carphone_frames):
         src = reference.upload(source)
         fgr, pha = reference.infer(src)
@@ -52,12 +61,12 @@ def test_file_to_file_every_frame_composited_with_its_own_alpha(tmp_path, carpho
     assert record.closed >= 1
 
 
-def test_transparent_background_keeps_alpha_in_mov(tmp_path, carphone_path, matter_factory):
+def test_transparent_background_keeps_alpha_in_mov(tmp_path, carphone_path, engine_factory):
     from rvm_live.io.sinks.stream import StreamSink
 
     out = tmp_path / "alpha.mov"
     config = Config(source=str(carphone_path), bg="transparent", max_frames=5)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[StreamSink(str(out), config)])
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[StreamSink(str(out), config)])
     pipeline.run()
     frames = decode_file(out, "rgba")
     assert len(frames) == 5
@@ -65,10 +74,10 @@ def test_transparent_background_keeps_alpha_in_mov(tmp_path, carphone_path, matt
     assert alpha.min() < 20 and alpha.max() > 235  # both background and person
 
 
-def test_side_by_side_and_mirror(carphone_path, carphone_frames, matter_factory):
+def test_side_by_side_and_mirror(carphone_path, carphone_frames, engine_factory):
     record = RecordingSink()
     config = Config(source=str(carphone_path), max_frames=2, side_by_side=True, mirror=True)
-    Pipeline(config, matter=matter_factory(), sinks=[record]).run()
+    Daemon(config, engine=engine_factory(), sinks=[record]).run()
     image = record.frames[0][1].image
     assert image.shape == (144, 352, 3)
     np.testing.assert_array_equal(image[:, :176], carphone_frames[0][:, ::-1])
@@ -77,23 +86,23 @@ def test_side_by_side_and_mirror(carphone_path, carphone_frames, matter_factory)
 SLOW_S = 0.15
 
 
-def slowed(matter: Matter, monkeypatch) -> Matter:
-    """The real engine plus a fixed delay per step, standing in for a machine slower than the source."""
-    real = matter.core.step
+def slowed(engine: Engine, monkeypatch) -> Engine:
+    """The real engine plus a fixed delay per call, standing in for a machine slower than the source."""
+    real = engine.infer
 
-    def step(images, states):
+    def infer(images, states):
         time.sleep(SLOW_S)
         return real(images, states)
 
-    monkeypatch.setattr(matter.core, "step", step)
-    return matter
+    monkeypatch.setattr(engine, "infer", infer)
+    return engine
 
 
 def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, mobilenet, monkeypatch):
     record = RecordingSink()
     config = Config(source=str(carphone_path), realtime=True, queue_size=1, max_frames=60, quality="fixed")
-    matter = slowed(Matter("mobilenetv3", model=mobilenet, device="cpu"), monkeypatch)
-    stats = Pipeline(config, matter=matter, sinks=[record]).run()
+    engine = slowed(Engine("mobilenetv3", model=mobilenet, device="cpu"), monkeypatch)
+    stats = Daemon(config, engine=engine, sinks=[record]).run()
     assert stats["frames_in"] == 60
     assert stats["frames_dropped"] > 0 and stats["frames_out"] < 60
     assert stats["frames_out"] + stats["frames_dropped"] >= 59
@@ -103,9 +112,9 @@ def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, m
     assert stats["latency_ms"]["max"] < backlog_ms / 3
 
 
-def test_vcam_receives_composited_frames(carphone_path, matter_factory, fake_backends):
+def test_vcam_receives_composited_frames(carphone_path, engine_factory, fake_backends):
     config = Config(source=str(carphone_path), max_frames=10)
-    Pipeline(config, matter=matter_factory(), sinks=[VcamSink(backend="rvm-test-recorder")]).run()
+    Daemon(config, engine=engine_factory(), sinks=[VcamSink(backend="rvm-test-recorder")]).run()
     cam = fake_backends[0]
     assert (cam.width, cam.height) == (176, 144) and cam.fps == pytest.approx(29.97, abs=0.01)
     assert len(cam.frames) == 10 and cam.frames[0].shape == (144, 176, 3)
@@ -117,8 +126,8 @@ def test_vcam_receives_composited_frames(carphone_path, matter_factory, fake_bac
     assert corner[1] > 100 and corner[0] < 40 and corner[2] < 40
 
 
-def test_missing_virtual_camera_fails_with_the_fix(carphone_path, matter_factory, fake_backends):
-    pipeline = Pipeline(Config(source=str(carphone_path), max_frames=5), matter=matter_factory(),
+def test_missing_virtual_camera_fails_with_the_fix(carphone_path, engine_factory, fake_backends):
+    pipeline = Daemon(Config(source=str(carphone_path), max_frames=5), engine=engine_factory(),
                         sinks=[VcamSink(backend="rvm-test-broken")])
     with pytest.raises(PipelineError) as err:
         pipeline.run()
@@ -127,14 +136,14 @@ def test_missing_virtual_camera_fails_with_the_fix(carphone_path, matter_factory
     assert "OBS" in str(err.value)
 
 
-def test_file_to_rtsp_listener(carphone_path, matter_factory):
+def test_file_to_rtsp_listener(carphone_path, engine_factory):
     url = f"rtsp://127.0.0.1:{free_port()}/live"
     config = Config(source=str(carphone_path), max_frames=90)
     from rvm_live.io.sinks.stream import StreamSink
 
     listen = {"rtsp_flags": "listen", "listen_timeout": "20", "timeout": "10000000"}
     with Peer(receive, url, listen, None, 30) as peer:
-        pipeline = Pipeline(config, matter=matter_factory(), sinks=[StreamSink(url, config)])
+        pipeline = Daemon(config, engine=engine_factory(), sinks=[StreamSink(url, config)])
         pipeline.run()
         report = peer.result(timeout=30)
     assert report["ok"], report
@@ -143,12 +152,12 @@ def test_file_to_rtsp_listener(carphone_path, matter_factory):
     assert g > r + 15 and g > b + 15  # composited onto green
 
 
-def test_blocked_sink_does_not_stall_the_others(carphone_path, matter_factory):
+def test_blocked_sink_does_not_stall_the_others(carphone_path, engine_factory):
     gate = threading.Event()
     stuck, healthy = RecordingSink("stuck", live=True, block=gate), RecordingSink("healthy")
     # looped, so the source outlasts a slow (shared, loaded) CPU: the check is about stalling, not speed
     config = Config(source=str(carphone_path), realtime=True, loop=True)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[stuck, healthy]).start()
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[stuck, healthy]).start()
     try:
         deadline = time.monotonic() + 60
         while len(healthy.frames) < 10 and time.monotonic() < deadline and pipeline.health()["ok"]:
@@ -162,15 +171,15 @@ def test_blocked_sink_does_not_stall_the_others(carphone_path, matter_factory):
         pipeline.close()
 
 
-def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, matter_factory, caplog, monkeypatch):
+def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, engine_factory, caplog, monkeypatch):
     record = RecordingSink()
-    matter = matter_factory()
+    engine = engine_factory()
 
-    def broken_step(images, states):  # the real engine call, failing as a driver would
+    def broken_infer(images, states):  # the real engine call, failing as a driver would
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(matter.core, "step", broken_step)
-    pipeline = Pipeline(Config(source=str(carphone_path)), sinks=[record], matter=matter)
+    monkeypatch.setattr(engine, "infer", broken_infer)
+    pipeline = Daemon(Config(source=str(carphone_path)), sinks=[record], engine=engine)
     caplog.set_level("DEBUG", logger="rvm_live")  # the traceback is kept at debug level
     with pytest.raises(PipelineError, match="rvm-inference: RuntimeError: CUDA error") as err:
         pipeline.run()
@@ -180,17 +189,17 @@ def test_worker_failure_reaches_the_caller_with_its_cause(carphone_path, matter_
     assert record.closed >= 1
 
 
-def test_pause_passes_frames_through_and_background_swaps_live(carphone_path, carphone_frames, matter_factory):
+def test_pause_passes_frames_through_and_background_swaps_live(carphone_path, carphone_frames, engine_factory):
     record = RecordingSink()
     config = Config(source=str(carphone_path), max_frames=6)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[record])
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[record])
     pipeline.pause()
     pipeline.open_source()
-    frame0 = pipeline.process(next_frame(pipeline))
+    frame0 = process(pipeline, next_frame(pipeline))
     np.testing.assert_array_equal(frame0.image, carphone_frames[0])
     pipeline.resume()
     pipeline.set_background("#ff0000")
-    red = pipeline.process(next_frame(pipeline))
+    red = process(pipeline, next_frame(pipeline))
     corner = red.image[:8, :8].reshape(-1, 3).mean(0)
     assert corner[0] > 200 and corner[1] < 30
     with pytest.raises(ValueError):
@@ -201,7 +210,7 @@ def test_pause_passes_frames_through_and_background_swaps_live(carphone_path, ca
 def next_frame(pipeline):
     from rvm_live.frame import Frame
 
-    return Frame(0, time.monotonic_ns(), "t#0", pipeline.source.read())
+    return Frame(0, time.monotonic_ns(), "t#0", pipeline.session().source.read())
 
 
 def test_no_signal_card_is_readable_and_sized():
@@ -247,11 +256,11 @@ def background_files(tmp_path_factory):
     ("blur:8", lambda px: True),  # checked against the source below
     ("transparent", lambda px: px[3] < 20),
 ])
-def test_every_background_kind_through_the_pipeline(carphone_path, carphone_frames, matter_factory,
+def test_every_background_kind_through_the_pipeline(carphone_path, carphone_frames, engine_factory,
                                                     background_files, bg, check):
     spec = str(background_files / bg) if bg.endswith((".png", ".mp4")) else bg
     record = RecordingSink()
-    Pipeline(Config(source=str(carphone_path), bg=spec, max_frames=3), matter=matter_factory(),
+    Daemon(Config(source=str(carphone_path), bg=spec, max_frames=3), engine=engine_factory(),
              sinks=[record]).run()
     frame = record.frames[-1][1]
     background = frame.alpha < 5  # where the model saw no person
@@ -266,36 +275,36 @@ def test_every_background_kind_through_the_pipeline(carphone_path, carphone_fram
     assert frame.image.shape[2] == (4 if bg == "transparent" else 3)
 
 
-def test_file_to_live_output_loses_no_frame_and_realtime_file_ends(carphone_path, matter_factory):
+def test_file_to_live_output_loses_no_frame_and_realtime_file_ends(carphone_path, engine_factory):
     live = RecordingSink("live", live=True)
-    stats = Pipeline(Config(source=str(carphone_path), max_frames=20), matter=matter_factory(), sinks=[live]).run()
+    stats = Daemon(Config(source=str(carphone_path), max_frames=20), engine=engine_factory(), sinks=[live]).run()
     assert [f.index for _, f in live.frames] == list(range(20)) and stats["frames_dropped"] == 0
     # --realtime plays the file as live, but its end is the end, not an outage to retry forever
     record = RecordingSink()
-    stats = Pipeline(Config(source=str(carphone_path), realtime=True), matter=matter_factory(),
+    stats = Daemon(Config(source=str(carphone_path), realtime=True), engine=engine_factory(),
                      sinks=[record]).run()
     assert stats["frames_in"] == 120 and stats["source_outages"] == 0
 
 
-def test_pause_keeps_the_output_layout(carphone_path, matter_factory):
+def test_pause_keeps_the_output_layout(carphone_path, engine_factory):
     for config in (Config(source=str(carphone_path), side_by_side=True), Config(source=str(carphone_path),
                                                                                  bg="transparent")):
-        pipeline = Pipeline(config, matter=matter_factory(), sinks=[RecordingSink()])
+        pipeline = Daemon(config, engine=engine_factory(), sinks=[RecordingSink()])
         pipeline.open_source()
-        matted = pipeline.process(next_frame(pipeline))
+        matted = process(pipeline, next_frame(pipeline))
         pipeline.pause()
-        paused = pipeline.process(next_frame(pipeline))
+        paused = process(pipeline, next_frame(pipeline))
         assert paused.image.shape == matted.image.shape
         pipeline.close()
 
 
-def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, matter_factory, monkeypatch):
+def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, engine_factory, monkeypatch):
     import rvm_live.runtime.inference as inference_stage
 
     monkeypatch.setattr(inference_stage, "LIVE_OUTPUT_WAIT_S", 0.2)
     gate = threading.Event()
     stuck, recording = RecordingSink("stuck", live=True, block=gate), RecordingSink("file")
-    pipeline = Pipeline(Config(source=str(carphone_path), max_frames=12), matter=matter_factory(),
+    pipeline = Daemon(Config(source=str(carphone_path), max_frames=12), engine=engine_factory(),
                         sinks=[stuck, recording])
     try:
         pipeline.start()
@@ -311,17 +320,17 @@ def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, matter_fa
         pipeline.close()
 
 
-def fail_later(matter: Matter, monkeypatch, at: int = 4) -> None:
-    """The real engine, until the ``at``-th step: then the device fails."""
-    calls, real = [0], matter.core.step
+def fail_later(engine: Engine, monkeypatch, at: int = 4) -> None:
+    """The real engine, until the ``at``-th call: then the device fails."""
+    calls, real = [0], engine.infer
 
-    def step(images, states):
+    def infer(images, states):
         calls[0] += 1
         if calls[0] == at:
             raise RuntimeError("device lost")
         return real(images, states)
 
-    monkeypatch.setattr(matter.core, "step", step)
+    monkeypatch.setattr(engine, "infer", infer)
 
 
 def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobilenet, monkeypatch):
@@ -330,9 +339,9 @@ def test_failed_run_never_replaces_an_earlier_file(tmp_path, carphone_path, mobi
     out = tmp_path / "result.mp4"
     out.write_bytes(b"yesterday's good result")
     config = Config(source=str(carphone_path))
-    matter = Matter("mobilenetv3", model=mobilenet, device="cpu")
-    fail_later(matter, monkeypatch)
-    pipeline = Pipeline(config, matter=matter, sinks=[StreamSink(str(out), config)])
+    engine = Engine("mobilenetv3", model=mobilenet, device="cpu")
+    fail_later(engine, monkeypatch)
+    pipeline = Daemon(config, engine=engine, sinks=[StreamSink(str(out), config)])
     with pytest.raises(PipelineError, match="device lost"):
         pipeline.run()
     assert out.read_bytes() == b"yesterday's good result"
@@ -344,20 +353,20 @@ def test_time_chunked_file_job_matches_frame_by_frame(carphone_path, mobilenet, 
     results = {}
     for chunk in (1, 4):
         record = RecordingSink()
-        matter = Matter("mobilenetv3", model=mobilenet, device="cpu")
-        matter.chunks = []
-        real_run_clip = matter.core.run_clip
+        engine = Engine("mobilenetv3", model=mobilenet, device="cpu")
+        chunks = []
+        real_run_clip = engine.run_clip
 
-        def counting(src, state, matter=matter, real=real_run_clip):  # the engine's own call, counted
-            matter.chunks.append(src.shape[1])
+        def counting(src, state, chunks=chunks, real=real_run_clip):  # the engine's own call, counted
+            chunks.append(src.shape[1])
             return real(src, state)
 
-        monkeypatch.setattr(matter.core, "run_clip", counting)
+        monkeypatch.setattr(engine, "run_clip", counting)
         config = Config(source=str(carphone_path), max_frames=14, chunk=chunk, queue_size=4, bg="blur:6")
-        pipeline = Pipeline(config, matter=matter, sinks=[record])
+        pipeline = Daemon(config, engine=engine, sinks=[record])
         stats = pipeline.run()
-        assert pipeline.chunk == chunk and stats["frames_out"] == 14
-        assert bool(matter.chunks) == (chunk > 1) and max(matter.chunks, default=1) <= chunk
+        assert pipeline.session().chunk == chunk and stats["frames_out"] == 14
+        assert bool(chunks) == (chunk > 1) and max(chunks, default=1) <= chunk
         results[chunk] = record.frames
     assert [f.index for _, f in results[4]] == list(range(14))
     for (_, a), (_, b) in zip(results[1], results[4]):
@@ -365,9 +374,9 @@ def test_time_chunked_file_job_matches_frame_by_frame(carphone_path, mobilenet, 
         assert np.abs(a.alpha.astype(int) - b.alpha.astype(int)).max() <= 2
 
 
-def test_live_sources_never_chunk(carphone_path, matter_factory):
-    pipeline = Pipeline(Config(source=str(carphone_path), realtime=True, chunk=4), matter=matter_factory(),
+def test_live_sources_never_chunk(carphone_path, engine_factory):
+    pipeline = Daemon(Config(source=str(carphone_path), realtime=True, chunk=4), engine=engine_factory(),
                         sinks=[RecordingSink()])
     pipeline.open_source()
-    assert pipeline.chunk == 1
+    assert pipeline.session().chunk == 1
     pipeline.close()

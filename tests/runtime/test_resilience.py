@@ -16,17 +16,17 @@ from helpers import RecordingSink
 from media import Peer, free_port, receive, send, wait_until
 
 from rvm_live.config import Config
-from rvm_live.engine.matter import Matter
+from rvm_live.engine import Engine
 from rvm_live.io.sinks.stream import StreamSink
-from rvm_live.pipeline import Pipeline
+from rvm_live.runtime.daemon import Daemon
 from rvm_live.runtime.stats import no_signal_card
 from rvm_live.serve.control import ControlServer
 
 
 @pytest.fixture(scope="module")
-def matter_factory(mobilenet):
+def engine_factory(mobilenet):
     def make():
-        return Matter("mobilenetv3", model=mobilenet, device="cpu")
+        return Engine("mobilenetv3", model=mobilenet, device="cpu")
     return make
 
 
@@ -47,16 +47,16 @@ def left_colour(frame) -> np.ndarray:
     return frame.image[:, : frame.width // 2].reshape(-1, frame.image.shape[2])[:, :3].mean(0)
 
 
-def test_source_outage_keeps_output_alive_and_recovers(matter_factory, caplog, monkeypatch):
+def test_source_outage_keeps_output_alive_and_recovers(engine_factory, caplog, monkeypatch):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
     config = Config(source=url, side_by_side=True, no_signal_timeout=0.5)
-    matter = matter_factory()
+    engine = engine_factory()
     with Peer(send, url + "?pkt_size=1316", (220, 30, 30), (176, 144), 4.0) as sender:
         # packets flow before the source opens: otherwise it starts "waiting", with the no-signal card out
         sender.result(60)
-        pipeline = Pipeline(config, matter=matter, sinks=[sink])
-        resets = count_resets(pipeline.state, monkeypatch)
+        pipeline = Daemon(config, engine=engine, sinks=[sink])
+        resets = count_resets(pipeline.session().state, monkeypatch)
         pipeline.start()
         try:
             wait_until(lambda: len(sink.frames) >= 5, 60, "frames before the outage")
@@ -86,14 +86,14 @@ def test_source_outage_keeps_output_alive_and_recovers(matter_factory, caplog, m
     assert all(c[0] > 150 for c in reds)
 
 
-def test_sink_outage_reconnects_while_other_sinks_continue(carphone_path, matter_factory):
+def test_sink_outage_reconnects_while_other_sinks_continue(carphone_path, engine_factory):
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live"
     listen = {"rtsp_flags": "listen", "listen_timeout": "30", "timeout": "10000000"}
     other = RecordingSink("other")
     config = Config(source=str(carphone_path), realtime=True, loop=True)
     rtsp = StreamSink(url, config)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[rtsp, other])
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[rtsp, other])
     try:
         with Peer(receive, url, listen, None, 15) as first:
             pipeline.start()
@@ -125,10 +125,10 @@ def call(server, method, path, body=None, token=None):
         return err.code, err.read().decode()
 
 
-def test_control_api_drives_a_running_pipeline(carphone_path, carphone_frames, matter_factory, tmp_path):
+def test_control_api_drives_a_running_pipeline(carphone_path, carphone_frames, engine_factory, tmp_path):
     sink = RecordingSink("out", live=True)
     config = Config(source=str(carphone_path), realtime=True, loop=True)
-    pipeline = Pipeline(config, matter=matter_factory(), sinks=[sink])
+    pipeline = Daemon(config, engine=engine_factory(), sinks=[sink])
     pipeline.start()
     server = ControlServer(pipeline, "127.0.0.1", 0).start()
     try:

@@ -10,12 +10,12 @@ from rvm_live.tools import bench, gpu_check
 
 
 def test_a_failing_end_to_end_run_keeps_the_model_numbers(monkeypatch):
-    import rvm_live.pipeline
+    from rvm_live.runtime.daemon import Daemon
 
-    def exploding_pipeline(config):
+    def exploding_run(self):
         raise RuntimeError("the pipeline exploded")
 
-    monkeypatch.setattr(rvm_live.pipeline, "run_pipeline", exploding_pipeline)
+    monkeypatch.setattr(Daemon, "run", exploding_run)
     report = bench.run_bench(width=64, height=48, frames=3, threads=1, onnx=False)
     assert report["model"]["fps"] > 0 and report["model"]["frames"] == 3
     assert report["end_to_end"] == {"available": False, "reason": "failed: RuntimeError: the pipeline exploded"}

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from ...errors import SinkError
+from .base import SinkBase
 from .stream import StreamSink
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def _die_with_parent() -> None:
         pass
 
 
-class IsolatedSink:
+class IsolatedSink(SinkBase):
     """A live StreamSink (``rtsp://``, ``rtmp://``, ``srt://``, ``udp://``) driven in a writer process.
 
     ``write()`` hands a frame over and returns; the next call first waits (at most ``WRITE_DEADLINE_S``) for

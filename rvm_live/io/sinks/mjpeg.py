@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .base import register_sink
+from .base import SinkBase, register_sink
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -27,7 +27,7 @@ JPEG_QUALITY = 80
 CHECKER_PX = 16  # a transparent output is shown over a grey checkerboard, as image editors do
 
 
-class MjpegTap:
+class MjpegTap(SinkBase):
     """The latest output frame, and its JPEG encoding made lazily for preview clients."""
 
     name = "preview"

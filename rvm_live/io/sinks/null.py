@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ...errors import SinkError
-from .base import register_sink
+from .base import SinkBase, register_sink
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class NullSink:
+class NullSink(SinkBase):
     """Discards frames, counting them and remembering the last frame's capture-to-output latency."""
 
     name = "null"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import ConfigError, SinkError, one_line
 from .._av import av
-from .base import register_sink
+from .base import SinkBase, register_sink
 from .sizing import SizeKeeper
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def frame_rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1000)
 
 
-class StreamSink:
+class StreamSink(SinkBase):
     """A PyAV output container with one video stream, to a file or a network URL."""
 
     def __init__(self, spec: str, config: Config) -> None:
@@ -263,10 +263,8 @@ class StreamSink:
         if image.shape[1] - image.shape[1] % 2 != width or image.shape[0] - image.shape[0] % 2 != height:
             image = self._resizer.fit(image, width, height)  # a size change mid-run never ends a recording
         image = image[:height, :width]
-        if self.accepts_alpha and image.shape[2] == 3:
-            image = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
-        elif not self.accepts_alpha and image.shape[2] == 4:
-            image = image[..., :3]
+        # RGBA only comes to an output that accepts alpha; RGB into an alpha codec is made opaque by the
+        # encoder's own conversion
         fmt = "rgba" if image.shape[2] == 4 else "rgb24"
         return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
 

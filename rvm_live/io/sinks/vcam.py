@@ -17,7 +17,7 @@ import numpy as np
 import pyvirtualcam
 
 from ...errors import SinkError, VirtualCameraError
-from .base import register_sink
+from .base import SinkBase, register_sink
 from .sizing import SizeKeeper
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ def fix_hint() -> str:
     return f"Fix on Linux: {MODPROBE_FIX}\nFix on Windows/macOS: {OBS_FIX}"
 
 
-class VcamSink:
-    """Frames to a pyvirtualcam ``Camera`` in RGB; alpha is dropped (virtual cameras do not carry it)."""
+class VcamSink(SinkBase):
+    """Frames to a pyvirtualcam ``Camera`` in RGB (virtual cameras carry no alpha: ``accepts_alpha`` is False,
+    so the sink worker hands it RGB only)."""
 
     live = True
     accepts_alpha = False
@@ -72,12 +73,10 @@ class VcamSink:
                  fps)
 
     def write(self, frame: Frame) -> None:
-        """Send one frame (RGBA loses its alpha)."""
+        """Send one frame (RGB: a virtual camera takes no alpha, so it is never given RGBA)."""
         if self._cam is None:
             raise SinkError(f"{self.name}: write() before open()")
         image = frame.image
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = image[..., :3]
         if image.shape[:2] != self._shape[:2] and image.ndim == 3 and image.shape[2] == 3:
             # the device keeps its size while apps watch it: a source's size change is scaled to it
             image = self._resizer.fit(image, self._shape[1], self._shape[0])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import SinkError
-from .base import register_sink
+from .base import SinkBase, register_sink
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -119,7 +119,7 @@ cv2.destroyAllWindows()
 _START_TIMEOUT_S = 20.0
 
 
-class WindowSink:
+class WindowSink(SinkBase):
     """Shows each frame in a preview window; closing the window stops the preview, not the pipeline."""
 
     live = True

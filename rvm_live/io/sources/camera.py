@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ...errors import ConfigError, SourceError
-from .base import register_source
+from .base import SourceBase, register_source
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -90,7 +90,7 @@ def list_cameras() -> list[CameraInfo]:
     return [CameraInfo(f"camera:{i}", "") for i in _PROBE_INDICES if _can_open(i)]
 
 
-class CameraSource:
+class CameraSource(SourceBase):
     """A live OpenCV ``VideoCapture`` honouring the configured width, height, fps and fourcc."""
 
     def __init__(

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import SourceError, SourceNotReady, one_line
-from ...runtime.sink_worker import backoff_delays
 from .._av import av, decoder_threads
-from .base import register_source
+from ..backoff import backoff_delays
+from .base import SourceBase, register_source
 from .datagram import NO_PICTURE_S, STALE_S, DatagramReader, Datagrams
 from .orientation import display_matrix, orient
 
@@ -92,7 +92,7 @@ def _check_file(target: str) -> None:
     raise SourceError(f"{target}: is {kind}, not a video file")
 
 
-class StreamSource:
+class StreamSource(SourceBase):
     """A PyAV input: a media file (``file`` key, or any path) or a network URL."""
 
     def __init__(
