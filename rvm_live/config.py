@@ -21,7 +21,8 @@ else:  # pragma: no cover
 BACKBONES = ("mobilenetv3", "resnet50")
 QUALITIES = ("auto", "fixed")
 FULLRES_MODES = ("auto", "exact", "fast")
-ENGINES = ("torch", "onnxruntime")  # what Matter runs; the daemon's config also takes "auto"
+# what an Engine runs (the openvino ones: the fast full-resolution stage only); the config also takes "auto"
+ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The presets: inside the installed package (a wheel carries a copy, see rvm_live/_build.py), or the
 # top-level configs/ of a source checkout (an editable install), their one source.

@@ -106,7 +106,9 @@ class Engine:
         on_cuda = uses_cuda(self.device)
         # exact: ``_network`` is the whole network (fgr, pha out); fast: ``_coefficients`` stops at A, b
         self._network = self._coefficients = None
-        if runtime == "onnxruntime":
+        if runtime.startswith("openvino"):
+            self._load_openvino(backbone, model, weights, offline, threads)
+        elif runtime == "onnxruntime":
             self._load_export(backbone, model, weights, offline, threads, cuda_graphs=cuda_graphs, compile=compile)
         else:
             self._load_torch(backbone, model, weights, offline, channels_last=channels_last, compile=compile)
@@ -136,6 +138,22 @@ class Engine:
             self._coefficients = OrtCoefficients(official_export(weights, offline), threads=threads)
         else:
             self._network = OrtMattingNetwork(weights, threads=threads, offline=offline)
+
+    def _load_openvino(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
+                       offline: bool | None, threads: int | None) -> None:
+        """The OpenVINO runtimes (fp32, bf16): the official export cut at the coefficients, for the fast stage."""
+        from ..assets import cache_dir
+        from .openvino import OpenVinoCoefficients, available
+
+        if not available():
+            raise ValueError(f"runtime={self.runtime!r} needs the openvino package (pip install 'rvm-live[openvino]')")
+        if not (self.device.type == "cpu" and backbone == "mobilenetv3" and model is None and self.fullres == "fast"):
+            raise ValueError(f"runtime={self.runtime!r} runs the mobilenetv3 ONNX export's network half on the CPU "
+                             "with the fast full-resolution stage (fullres='fast'); it takes no model=")
+        self.model, self.backbone, self.always_refine = None, backbone, True
+        precision = "bf16" if self.runtime == "openvino-bf16" else "fp32"
+        self._coefficients = OpenVinoCoefficients(official_export(weights, offline), precision=precision,
+                                                  threads=threads, cache_dir=cache_dir() / "openvino")
 
     def _load_torch(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
                     offline: bool | None, *, channels_last: bool, compile: bool) -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .lowres import lowres_model
+from .ort import STATE_INPUTS, state_feed
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
-STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
 MAX_STATIC = 8  # static models kept: the governor's ladder has at most this many rungs
 
 
@@ -76,22 +76,21 @@ class OpenVinoCoefficients:
         self._static: dict[tuple, object] = {}  # input shapes -> infer request of a static model
         self._pending: set[tuple] = set()
         self._lock = threading.Lock()
-        self._empty = np.zeros((1, 1, 1, 1), np.float32)
 
-    def initial_state(self) -> list[np.ndarray]:
-        """The state of a fresh stream (the export's 1x1x1x1 zero placeholders)."""
-        return [self._empty] * 4
-
-    def __call__(self, small: np.ndarray, state: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list]:
-        """``small`` float32 ``[B,3,h,w]`` (0..1) and the state → ``A, b`` ``[B,4,h,w]`` and the next state."""
-        feed = {self._small: small, **dict(zip(STATE_INPUTS, state))}
-        key = (tuple(small.shape), *(tuple(s.shape) for s in state))
-        with self._lock:
-            request = self._static.get(key)
+    def __call__(self, small: np.ndarray,
+                 state: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """``small`` float32 ``[B,3,h,w]`` (0..1) and r1..r4 (``None``: a fresh stream) → ``A, b``
+        ``[B,4,h,w]`` and the next r1..r4."""
+        feed = {self._small: small, **state_feed(state)}
+        request = None
+        if all(r is not None for r in state):  # a steady shape (not a stream's first frame): worth compiling
+            key = (tuple(small.shape), *(tuple(r.shape) for r in state))
+            with self._lock:
+                request = self._static.get(key)
+            if request is None:
+                self._compile_later(key)
         if request is None:
             request = self._dynamic_request
-            if state[0].shape != (1, 1, 1, 1):  # a steady shape (not a stream's first frame): worth compiling
-                self._compile_later(key)
         request.infer(feed)
         # the request reuses its output memory on the next call: hand out copies
         a, b, *rec = (request.get_output_tensor(i).data.copy() for i in range(6))

@@ -17,7 +17,7 @@ from rvm_live.engine.state import resize_state, state_sizes  # noqa: E402
 def _alphas(runner, frames: np.ndarray, ratio: float, *, settle_after: int | None = None) -> np.ndarray:
     """Alpha of each frame through ``runner`` with its state carried (``settle_after``: wait for the static
     models to compile after that many frames, so the rest run on them)."""
-    state, out, finish = runner.initial_state(), [], FastFullRes()
+    state, out, finish = [None] * 4, [], FastFullRes()
     for i, frame in enumerate(frames):
         a, b, state = runner(downsample(frame[None], ratio), state)
         out.append(finish.matte(frame, a[0], b[0])[1])
@@ -43,9 +43,9 @@ def test_fp32_matches_onnxruntime_on_dynamic_and_static_models(official_onnx_pat
 def test_a_new_size_is_served_at_once_and_the_state_carries_over(official_onnx_path, frames360):
     runner = OpenVinoCoefficients(official_onnx_path, precision="fp32", threads=2)
     ort = OrtCoefficients(official_onnx_path, threads=2)
-    states = [runner.initial_state(), ort.initial_state()]
+    states = [[None] * 4, [None] * 4]
     for ratio in (0.6, 0.6, 0.4, 0.4):  # a ratio change mid-stream (as the governor makes), state resized
-        states = [resize_state(s, state_sizes(360, 640, ratio)) for s in states]
+        states = [resize_state(s, state_sizes(360, 640, ratio)) for s in states]  # None stays None
         small = downsample(frames360[:1], ratio)
         a1, _, states[0] = runner(small, states[0])
         a2, _, states[1] = ort(small, states[1])
@@ -63,3 +63,44 @@ def test_bf16_stays_close_to_fp32(official_onnx_path, frames360):
     got = _alphas(OpenVinoCoefficients(official_onnx_path, precision="bf16", threads=2), frames360, 0.6)
     diff = np.abs(got - reference)
     assert 0 < diff.mean() < 0.02  # bf16 really ran (not fp32) and stays a usable matte (BENCHMARKS.md)
+
+
+def test_the_engine_runs_openvino_behind_the_one_interface(frames360):
+    from rvm_live.compositing.backgrounds import parse_background
+    from rvm_live.engine import Engine
+    from rvm_live.engine.render import RenderPlan
+
+    engines = {name: Engine(runtime=name, fullres="fast") for name in ("onnxruntime", "openvino")}
+    states = {name: [e.new_state(0.5), e.new_state(0.25)] for name, e in engines.items()}  # two streams, two ratios
+    plans = [RenderPlan(parse_background("#203040")), RenderPlan(parse_background("transparent"), None, True)]
+    for frame in frames360[:6]:
+        got = {name: e.render(e.infer([frame, frame[:, ::-1].copy()], states[name]), plans)
+               for name, e in engines.items()}
+        for ours, theirs in zip(got["openvino"], got["onnxruntime"]):
+            assert ours.image.shape == theirs.image.shape
+            assert np.abs(ours.alpha.astype(int) - theirs.alpha.astype(int)).max() <= 1
+    assert got["openvino"][1].image.shape[-1] == 4  # the transparent stream came down as RGBA
+
+
+def test_openvino_is_refused_for_the_exact_stage_in_one_line():
+    from rvm_live.engine import Engine
+
+    with pytest.raises(ValueError, match="fast full-resolution stage"):
+        Engine(runtime="openvino", fullres="exact")
+
+
+@pytest.mark.slow
+def test_a_live_run_on_openvino_bf16_names_its_engine(tmp_path, carphone_path):
+    import json
+    import subprocess
+    import sys
+
+    stats = tmp_path / "stats.json"
+    args = [sys.executable, "-m", "rvm_live", "--source", str(carphone_path), "--realtime", "--engine",
+            "openvino-bf16" if supports_bf16() else "openvino", "--max-frames", "30", "-o", "null", "--quiet",
+            "--stats-json", str(stats)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(stats.read_text())
+    assert report["engine"].startswith("openvino") and report["fullres"] == "fast"
+    assert report["frames_out"] >= 20
