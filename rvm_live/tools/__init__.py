@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks and measurements that are not part of the daemon."""
