@@ -1,0 +1,371 @@
+"""``python -m rvm_live.tools.quality``: matting quality against exact ground truth, per setting, with its speed.
+
+Each setting (a row) mattes the ground-truth clips of :mod:`~rvm_live.tools.quality_data` (a person layer over a
+moving background, so the true alpha is known exactly) from a fresh stream state per clip; it is scored with
+:mod:`~rvm_live.tools.quality_metrics` (RVM's MAD, MSE, Grad, dtSSD, and the composite's error at the
+person's edge) and timed per frame on this machine (median after a warm-up). The rows: every rung of the
+quality governor's ladder, extra internal sizes (multiples of 16 and their neighbours), both full-resolution
+stages and both engines at RVM's ratio, MediaPipe's selfie segmentation as a peer (when installed), and two
+trivial baselines (alpha all 0, all 1).
+
+Everything that touches an engine is in :data:`RUNNERS`: a new engine or precision is one entry there and one
+name in :data:`MODEL_ENGINES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from . import quality_data as data
+from .quality_metrics import ClipScore, edge_band, gauss_gradient, minmax
+
+log = logging.getLogger(__name__)
+
+SIZES = {"360p": (640, 360), "720p": (1280, 720)}
+MODEL_ENGINES = ("onnxruntime", "torch")  # the first one present runs the ladder (the CPU daemon's default)
+PEER = "mediapipe"
+FULLRES = ("fast", "exact")
+EXTRA_PX = (640, 528, 512, 496, 272, 256, 240)  # 512x288, 256x144: 16:9 multiples of 16; their ±16 px neighbours
+WARMUP_FRAMES = 3
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row: ``engine`` and ``fullres`` pick the runner, ``ratio`` the network's downsample ratio (None for
+    the peer and the baselines), ``role`` why the row is there."""
+
+    engine: str
+    fullres: str = ""
+    ratio: float | None = None
+    role: str = "ladder"
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine} {self.fullres}".strip()
+
+
+class Runner(Protocol):
+    """A setting, ready to matte one stream: ``reset()`` starts a clip, ``step(frame)`` returns the uint8 alpha
+    ``H x W`` and the uint8 foreground ``H x W x 3`` (None: the frame itself)."""
+
+    def reset(self) -> None: ...
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def _u8(x: Any) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(x, np.float32)), 0, 255).astype(np.uint8)
+
+
+class _Exact:
+    """The network with the exact full-resolution refiner: ``Engine.step`` (torch or the whole ONNX export)."""
+
+    _engines: dict[str, Any] = {}  # one engine (model) per kind, shared by its rows
+
+    def __init__(self, setting: Setting) -> None:
+        from ..engine.core import Engine
+
+        if setting.engine not in self._engines:
+            self._engines[setting.engine] = Engine("mobilenetv3", engine=setting.engine, device="cpu")
+        self.engine, self.ratio = self._engines[setting.engine], setting.ratio
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.engine.new_state(self.ratio)
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.engine.step([frame], [self.state])
+        return _u8(out.pha[0, 0].numpy() * 255), _u8(out.fgr[0].permute(1, 2, 0).numpy() * 255)
+
+
+class _Fast:
+    """The network to low-resolution coefficients, then the fast full-resolution stage (``FastMatter``)."""
+
+    def __init__(self, setting: Setting) -> None:
+        from ..fullres import FastMatter
+
+        self.matter = FastMatter(engine=setting.engine, downsample_ratio=setting.ratio)
+
+    def reset(self) -> None:
+        self.matter.reset()
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        begun = self.matter.begin(frame)
+        fgr, pha = self.matter.fullres.matte(begun.image, begun.coeffs[0][0], begun.coeffs[1][0], begun.floats)
+        return _u8(pha * 255), _u8(fgr)
+
+
+class _MediaPipe:
+    """MediaPipe's selfie segmentation (the landscape model its 0.10 wheels ship), offline; its mask is the alpha."""
+
+    def __init__(self, setting: Setting) -> None:
+        import mediapipe
+
+        self._solution = mediapipe.solutions.selfie_segmentation
+        self._segmenter = None
+        self.reset()
+
+    def reset(self) -> None:
+        if self._segmenter is not None:
+            self._segmenter.close()
+        self._segmenter = self._solution.SelfieSegmentation(model_selection=1)
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return _u8(self._segmenter.process(frame).segmentation_mask * 255), None
+
+
+class _Constant:
+    """A baseline: the same alpha everywhere."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.value = 255 if setting.engine == "alpha=1" else 0
+
+    def reset(self) -> None:
+        pass
+
+    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.full(frame.shape[:2], self.value, np.uint8), None
+
+
+# (engine, fullres) -> runner; the one place that knows the engines
+RUNNERS: dict[tuple[str, str], Callable[[Setting], Runner]] = {
+    **{(engine, "exact"): _Exact for engine in MODEL_ENGINES},
+    **{(engine, "fast"): _Fast for engine in MODEL_ENGINES},
+    (PEER, ""): _MediaPipe,
+    ("alpha=0", ""): _Constant,
+    ("alpha=1", ""): _Constant,
+}
+
+
+def peer_missing() -> str | None:
+    """Why the MediaPipe peer cannot run here, or None."""
+    hint = "pip install 'mediapipe<0.10.22' (the last wheels that ship the selfie model)"
+    try:
+        import mediapipe
+    except ImportError as exc:
+        return f"mediapipe is not importable ({type(exc).__name__}: {exc}); {hint}"
+    if not hasattr(getattr(mediapipe, "solutions", None), "selfie_segmentation"):
+        return f"mediapipe {getattr(mediapipe, '__version__', '?')} has no solutions.selfie_segmentation; {hint}"
+    return None
+
+
+# ----- which rows ----------------------------------------------------------------------------------------------
+def internal_size(height: int, width: int, ratio: float | None) -> str:
+    """The network's internal ``WxH`` at ``ratio`` (floor, as torch's and the export's resize), or ``-``."""
+    if ratio is None:
+        return "-"
+    return f"{width}x{height}" if ratio == 1 else f"{int(width * ratio)}x{int(height * ratio)}"
+
+
+def settings_for(height: int, width: int, engines: list[str], quick: bool = False) -> list[Setting]:
+    """The rows for one frame size: the ladder and the extra sizes on the first model engine's fast stage,
+    every engine x stage at RVM's ratio, the peer, the baselines."""
+    from ..engine.state import auto_downsample_ratio
+    from ..governor import ladder_ratios
+
+    models = [e for e in MODEL_ENGINES if e in engines]
+    top = auto_downsample_ratio(height, width)
+    ladder = ladder_ratios(height, width, top)
+    rows: list[Setting] = []
+    if models:
+        main = models[0]
+        rungs = [ladder[0], ladder[-1]] if quick else ladder
+        rows += [Setting(main, "fast", r, "ladder") for r in rungs]
+        if not quick:
+            long_side = max(height, width)
+            extras = sorted({round(px / long_side, 4) for px in EXTRA_PX if px <= long_side} - set(ladder))
+            rows += [Setting(main, "fast", r, "extra") for r in reversed(extras)]
+        combos = [("torch", "exact")] if quick else [(e, f) for e in models for f in FULLRES]
+        rows += [Setting(e, f, top, "engines") for e, f in combos if (e, f) != (main, "fast") and e in models]
+    if PEER in engines:
+        rows.append(Setting(PEER, role="peer"))
+    rows += [Setting("alpha=0", role="baseline"), Setting("alpha=1", role="baseline")]
+    return rows
+
+
+# ----- running -------------------------------------------------------------------------------------------------
+@dataclass
+class Truth:
+    """What every setting is scored against, per clip, computed once: alphas in 0..1, their gradients and edge
+    bands, the true foregrounds."""
+
+    clip: data.Clip
+    alpha: list[np.ndarray]
+    gradient: list[np.ndarray]
+    band: list[np.ndarray]
+
+
+def prepare(clip: data.Clip) -> Truth:
+    """The per-frame truth of ``clip`` for scoring."""
+    alpha = [a.astype(np.float32) / np.float32(255) for a in clip.alpha]
+    return Truth(clip, alpha, [gauss_gradient(minmax(a)).astype(np.float32) for a in alpha],
+                 [edge_band(a) for a in alpha])
+
+
+def run_setting(setting: Setting, truths: list[Truth]) -> dict[str, float]:
+    """Matte every clip with ``setting`` (fresh state per clip, after a warm-up) and score it: the metrics and
+    ``ms_per_frame`` (median of the timed steps)."""
+    runner = RUNNERS[(setting.engine, setting.fullres)](setting)
+    for frame in truths[0].clip.frames[:WARMUP_FRAMES]:
+        runner.step(frame)
+    score, times = ClipScore(), []
+    for truth in truths:
+        runner.reset()
+        score.new_clip()
+        for i, frame in enumerate(truth.clip.frames):
+            start = time.perf_counter()
+            alpha, fgr = runner.step(frame)
+            times.append(time.perf_counter() - start)
+            score.add(alpha.astype(np.float32) / np.float32(255), frame if fgr is None else fgr, truth.alpha[i],
+                      truth.clip.fgr[i], true_gradient=truth.gradient[i], band=truth.band[i])
+    return {"ms_per_frame": float(np.median(times) * 1e3), **score.result()}
+
+
+def parse_sizes(text: str) -> list[tuple[str, int, int]]:
+    """``360p,720p`` or ``WxH`` items → ``[(name, width, height)]``."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if item in SIZES:
+            out.append((item, *SIZES[item]))
+            continue
+        try:
+            width, height = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"size {item!r}: expected {', '.join(SIZES)} or WxH") from None
+        out.append((item, width, height))
+    if not out:
+        raise ValueError("no sizes given")
+    return out
+
+
+def run_benchmark(sizes: list[tuple[str, int, int]], frames: int, engines: list[str], *, quick: bool = False,
+                  clips: list[str] | None = None, progress: TextIO | None = None,
+                  extra: Callable[[int, int], list[Setting]] | None = None) -> dict[str, Any]:
+    """Score every setting at every size; the report (see :func:`format_table` and the JSON)."""
+    unknown = [e for e in engines if e not in (*MODEL_ENGINES, PEER)]
+    if unknown:
+        known = ", ".join([*MODEL_ENGINES, PEER])
+        raise ValueError(f"unknown engine(s) {', '.join(unknown)}; expected some of {known}")
+    say = (lambda line: progress.write(line + "\n") or progress.flush()) if progress else (lambda line: None)
+    report: dict[str, Any] = {"machine": _machine(), "recipe": _recipe(), "frames_per_clip": frames,
+                              "engines": engines, "quick": quick, "rows": [], "skipped": []}
+    if quick:
+        clips = clips or [data.CLIPS[0].name]
+    for size, width, height in sizes:
+        loaded, missing = data.load_clips(width, height, frames, clips)
+        report["skipped"] += [f"{size} clip {name}: {why}" for name, why in missing.items()]
+        for line in report["skipped"][-len(missing):] if missing else []:
+            say(f"skipped {line}")
+        if not loaded:
+            continue
+        truths = [prepare(clip) for clip in loaded]
+        settings = settings_for(height, width, engines, quick) + (extra(height, width) if extra else [])
+        for setting in settings:
+            why = peer_missing() if setting.engine == PEER else None
+            if why:
+                report["skipped"].append(f"{size} {PEER}: {why}")
+                say(f"skipped {PEER}: {why}")
+                continue
+            scores = run_setting(setting, truths)
+            row = {"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
+                   "internal": internal_size(height, width, setting.ratio) if setting.engine != PEER else "256x144",
+                   "clips": [c.name for c in loaded], **scores}
+            report["rows"].append(row)
+            say(_format_row(row))
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    try:  # the speed bench is moving into this package
+        from .bench import machine_info
+    except ImportError:
+        from ..bench import machine_info
+    return machine_info()
+
+
+def _recipe() -> dict[str, Any]:
+    return {"version": data.RECIPE_VERSION, "layer_long_side": data.LAYER_LONG_SIDE, "alpha_snap": data.ALPHA_SNAP,
+            "clips": [asdict(spec) for spec in data.CLIPS]}
+
+
+# ----- output --------------------------------------------------------------------------------------------------
+COLUMNS = (("ms_per_frame", "ms/frame", "{:9.1f}"), ("mad", "MAD×1e3", "{:9.2f}"), ("mse", "MSE×1e3", "{:9.2f}"),
+           ("grad", "Grad×1e-3", "{:10.2f}"), ("dtssd", "dtSSD×1e2", "{:10.2f}"), ("edge", "Edge/255", "{:9.2f}"))
+
+
+def _label(row: dict[str, Any]) -> str:
+    tag = {"ladder": "ladder", "extra": "extra", "engines": "RVM ratio", "peer": "peer", "baseline": "baseline"}
+    return f"{row['setting']} ({tag.get(row['role'], row['role'])})"
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    cells = "".join(fmt.format(row[key]) for key, _, fmt in COLUMNS)
+    return f"{row['size']:6}{_label(row):30}{row['internal']:>9}{cells}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table, one row per setting, rows of a size by internal size (largest first)."""
+    m = report["machine"]
+    lines = [f"rvm-live quality: ground truth recipe v{report['recipe']['version']}, {report['frames_per_clip']} "
+             f"frames per clip; {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}",
+             "MAD/MSE/Grad/dtSSD scaled as RVM's tables; Grad is a sum per frame (compare within a size); Edge: mean "
+             "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: median, engine only",
+             f"{'size':6}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
+                                                               for _, title, fmt in COLUMNS)]
+    order = {"ladder": 0, "extra": 0, "engines": 1, "peer": 2, "baseline": 3}
+    for size in dict.fromkeys(r["size"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["size"] == size]
+        rows.sort(key=lambda r: (order.get(r["role"], 4), -(r["ratio"] or 0)))
+        clips = ", ".join(rows[0]["clips"]) if rows else ""
+        lines.append(f"-- {size} ({rows[0]['width']}x{rows[0]['height']}), clips: {clips}")
+        lines += [_format_row(r) for r in rows]
+    lines += [f"skipped: {s}" for s in report["skipped"]]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rvm-live bench --quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="360p,720p", help="comma list of 360p, 720p or WxH")
+    parser.add_argument("--frames", type=int, default=30, help="frames per clip")
+    parser.add_argument("--engines", default=",".join([*MODEL_ENGINES, PEER]), help="comma list of engines")
+    parser.add_argument("--clips", default=None, help=f"comma list of clips ({', '.join(c.name for c in data.CLIPS)})")
+    parser.add_argument("--quick", action="store_true", help="one clip, few settings (tests)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--chart", type=Path, default=None, help="draw the speed/quality chart (PNG) here")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the quality benchmark; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.frames < 1:
+            raise ValueError(f"--frames must be at least 1, got {args.frames}")
+        report = run_benchmark(parse_sizes(args.sizes), args.frames, [e.strip() for e in args.engines.split(",")],
+                               quick=args.quick, clips=args.clips.split(",") if args.clips else None,
+                               progress=sys.stderr)
+    except ValueError as exc:
+        sys.stderr.write(f"rvm-live bench --quality: error: {exc}\n")
+        return 2
+    sys.stdout.write(format_table(report) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.chart:
+        from .quality_chart import draw_chart
+
+        draw_chart(report, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,129 @@
+"""The speed/quality chart of a quality report: MAD against ms per frame, one labelled point per setting, one
+panel per frame size, the front (settings no other beats on both) joined by a line. Drawn with Pillow."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+PANEL_W, PANEL_H = 900, 620
+MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 80, 30, 100, 60
+COLOURS = {"ladder": (31, 119, 180), "extra": (120, 120, 120), "engines": (230, 120, 20), "peer": (200, 30, 40)}
+LEGEND = (("ladder", "governor ladder"), ("extra", "extra internal size"), ("engines", "engine x stage, RVM ratio"),
+          ("peer", "peer (MediaPipe)"))
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def nice_ticks(hi: float, count: int = 6) -> list[float]:
+    """Round tick values from 0 to at least ``hi``."""
+    if hi <= 0:
+        return [0.0, 1.0]
+    raw = hi / count
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
+    return [i * step for i in range(int(math.ceil(hi / step)) + 1)]
+
+
+def front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (lower is better), by x."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    best, out = math.inf, []
+    for i in order:
+        if points[i][1] < best:
+            best = points[i][1]
+            out.append(i)
+    return out
+
+
+def _short(row: dict[str, Any]) -> str:
+    if row["role"] == "peer":
+        return "MediaPipe"
+    if row["role"] == "engines":
+        return f"{row['internal']} {row['setting']}"
+    return row["internal"]
+
+
+def _panel(rows: list[dict[str, Any]], title: str) -> Image.Image:
+    image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
+    draw = ImageDraw.Draw(image)
+    font, small, big = _font(15), _font(13), _font(18)
+    x0, y0, x1, y1 = MARGIN_L, MARGIN_T, PANEL_W - MARGIN_R, PANEL_H - MARGIN_B
+    xt, yt = nice_ticks(max(r["ms_per_frame"] for r in rows) * 1.08), nice_ticks(max(r["mad"] for r in rows) * 1.08)
+
+    def at(ms: float, mad: float) -> tuple[float, float]:
+        return x0 + (x1 - x0) * ms / xt[-1], y1 - (y1 - y0) * mad / yt[-1]
+
+    draw.text((x0, 12), title, fill="black", font=big)
+    for x in xt:
+        px = at(x, 0)[0]
+        draw.line([(px, y0), (px, y1)], fill=(232, 232, 232))
+        draw.text((px, y1 + 6), f"{x:g}", fill="black", font=font, anchor="ma")
+    for y in yt:
+        py = at(0, y)[1]
+        draw.line([(x0, py), (x1, py)], fill=(232, 232, 232))
+        draw.text((x0 - 8, py), f"{y:g}", fill="black", font=font, anchor="rm")
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    draw.text(((x0 + x1) / 2, PANEL_H - 22), "ms per frame (median, this machine)", fill="black", font=font,
+              anchor="ma")
+    draw.text((8, y0 - 24), "MAD x1e3 (lower is better)", fill="black", font=font)
+    xy = [at(r["ms_per_frame"], r["mad"]) for r in rows]
+    best = front([(r["ms_per_frame"], r["mad"]) for r in rows])
+    draw.line([xy[i] for i in best], fill=(160, 200, 160), width=3)
+    taken: list[tuple[float, float, float, float]] = [(x - 5, y - 5, x + 5, y + 5) for x, y in xy]
+    for row, (x, y) in zip(rows, xy):
+        colour = COLOURS.get(row["role"], (0, 0, 0))
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour, outline="black")
+        _label(draw, _short(row), x, y, colour, small, taken, (x0, y0, x1, y1))
+    for i, (role, text) in enumerate(LEGEND):
+        lx = x0 + 10 + i * 205
+        draw.ellipse([lx, 45, lx + 10, 55], fill=COLOURS[role], outline="black")
+        draw.text((lx + 15, 50), text, fill="black", font=small, anchor="lm")
+    draw.text((x0 + 10, 62), "green line: the front (no other setting is both faster and better)", fill=(90, 140, 90),
+              font=small)
+    return image
+
+
+def _label(draw: ImageDraw.ImageDraw, text: str, x: float, y: float, colour: tuple[int, int, int],
+           font: ImageFont.ImageFont, taken: list[tuple[float, float, float, float]],
+           frame: tuple[float, float, float, float]) -> None:
+    """Put ``text`` beside the point at the first free place (right, left, above, below, diagonals)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left, bottom - top
+    for dx, dy in ((8, -h / 2), (-8 - w, -h / 2), (-w / 2, -10 - h), (-w / 2, 8), (8, -8 - h), (8, 6),
+                   (-8 - w, -8 - h), (-8 - w, 6), (8, -16 - 2 * h), (8, 10 + h)):
+        box = (x + dx, y + dy, x + dx + w, y + dy + h)
+        inside = frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]
+        if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+            break
+    else:
+        box = (x + 8, y - h / 2, x + 8 + w, y + h / 2)
+    taken.append(box)
+    draw.text((box[0] - left, box[1] - top), text, fill=tuple(c * 3 // 4 for c in colour), font=font)
+
+
+def draw_chart(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the chart of ``report`` (baselines left out) to ``path`` (PNG); returns the path."""
+    sizes = list(dict.fromkeys(r["size"] for r in report["rows"]))
+    panels = []
+    for size in sizes:
+        rows = [r for r in report["rows"] if r["size"] == size and r["role"] != "baseline"]
+        if rows:
+            first = rows[0]
+            panels.append(_panel(rows, f"{size} ({first['width']}x{first['height']}): quality vs speed"))
+    if not panels:
+        raise ValueError("the report has no rows to chart")
+    chart = Image.new("RGB", (PANEL_W, PANEL_H * len(panels)), "white")
+    for i, panel in enumerate(panels):
+        chart.paste(panel, (0, i * PANEL_H))
+    path = Path(path)
+    chart.save(path, format="PNG")
+    return path
