@@ -37,6 +37,9 @@ PEER = "mediapipe"
 FULLRES = ("fast", "exact")
 EXTRA_PX = (640, 528, 512, 496, 272, 256, 240)  # 512x288, 256x144: 16:9 multiples of 16; their ±16 px neighbours
 WARMUP_FRAMES = 3
+TIMING_ROUNDS, TIMING_BLOCK = 3, 6  # the timing pass: rounds x frames per setting
+QUICK_TIMING = (1, 3)
+BLOCK_GAP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -212,23 +215,38 @@ def prepare(clip: data.Clip) -> Truth:
                  [edge_band(a) for a in alpha])
 
 
-def run_setting(setting: Setting, truths: list[Truth]) -> dict[str, float]:
-    """Matte every clip with ``setting`` (fresh state per clip, after a warm-up) and score it: the metrics and
-    ``ms_per_frame`` (median of the timed steps)."""
-    runner = RUNNERS[(setting.engine, setting.fullres)](setting)
-    for frame in truths[0].clip.frames[:WARMUP_FRAMES]:
-        runner.step(frame)
-    score, times = ClipScore(), []
+def score(runner: Runner, truths: list[Truth]) -> dict[str, float]:
+    """Matte every clip with ``runner`` from a fresh state per clip and score it against the truth."""
+    result = ClipScore()
     for truth in truths:
         runner.reset()
-        score.new_clip()
+        result.new_clip()
         for i, frame in enumerate(truth.clip.frames):
-            start = time.perf_counter()
             alpha, fgr = runner.step(frame)
-            times.append(time.perf_counter() - start)
-            score.add(alpha.astype(np.float32) / np.float32(255), frame if fgr is None else fgr, truth.alpha[i],
-                      truth.clip.fgr[i], true_gradient=truth.gradient[i], band=truth.band[i])
-    return {"ms_per_frame": float(np.median(times) * 1e3), **score.result()}
+            result.add(alpha.astype(np.float32) / np.float32(255), frame if fgr is None else fgr, truth.alpha[i],
+                       truth.clip.fgr[i], true_gradient=truth.gradient[i], band=truth.band[i])
+    return result.result()
+
+
+def time_runners(runners: list[Runner], frames: np.ndarray, rounds: int = TIMING_ROUNDS,
+                 block: int = TIMING_BLOCK) -> list[float]:
+    """Median ms per frame of each runner on ``frames``, after a warm-up, timed in round-robin blocks so that load
+    from other processes (this machine is shared) falls on every setting alike."""
+    for runner in runners:
+        for frame in frames[:WARMUP_FRAMES]:
+            runner.step(frame)
+    times: list[list[float]] = [[] for _ in runners]
+    for r in range(rounds):
+        for runner, spent in zip(runners, times):
+            time.sleep(BLOCK_GAP_S)  # let the last runner's idle worker threads go to sleep
+            runner.reset()
+            for j in range(block + 1):
+                frame = frames[(r * block + j) % len(frames)]
+                start = time.perf_counter()
+                runner.step(frame)
+                if j:  # a fresh state's first step is not a steady one
+                    spent.append(time.perf_counter() - start)
+    return [float(np.median(t) * 1e3) for t in times]
 
 
 def parse_sizes(text: str) -> list[tuple[str, int, int]]:
@@ -248,41 +266,57 @@ def parse_sizes(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def run_benchmark(sizes: list[tuple[str, int, int]], frames: int, engines: list[str], *, quick: bool = False,
-                  clips: list[str] | None = None, progress: TextIO | None = None,
+def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], engines: list[str], *,
+                  quick: bool = False, clips: list[str] | None = None, progress: TextIO | None = None,
                   extra: Callable[[int, int], list[Setting]] | None = None) -> dict[str, Any]:
-    """Score every setting at every size; the report (see :func:`format_table` and the JSON)."""
+    """Score and time every setting at every size (``frames`` per clip: one count, or one per size); the
+    report (see :func:`format_table` and the JSON). ``extra(height, width)``: more settings per size."""
     unknown = [e for e in engines if e not in (*MODEL_ENGINES, PEER)]
     if unknown:
         known = ", ".join([*MODEL_ENGINES, PEER])
         raise ValueError(f"unknown engine(s) {', '.join(unknown)}; expected some of {known}")
+    counts = frames if isinstance(frames, list) else [frames] * len(sizes)
+    if len(counts) != len(sizes) or min(counts) < 1:
+        raise ValueError(f"frames: expected one count >= 1 or one per size ({len(sizes)}), got {frames}")
     say = (lambda line: progress.write(line + "\n") or progress.flush()) if progress else (lambda line: None)
-    report: dict[str, Any] = {"machine": _machine(), "recipe": _recipe(), "frames_per_clip": frames,
-                              "engines": engines, "quick": quick, "rows": [], "skipped": []}
+    rounds, block = QUICK_TIMING if quick else (TIMING_ROUNDS, TIMING_BLOCK)
+    report: dict[str, Any] = {"machine": _machine(), "recipe": _recipe(), "frames_per_clip": counts,
+                              "engines": engines, "quick": quick, "timing": {"rounds": rounds, "frames": block},
+                              "rows": [], "skipped": []}
     if quick:
         clips = clips or [data.CLIPS[0].name]
-    for size, width, height in sizes:
-        loaded, missing = data.load_clips(width, height, frames, clips)
-        report["skipped"] += [f"{size} clip {name}: {why}" for name, why in missing.items()]
-        for line in report["skipped"][-len(missing):] if missing else []:
-            say(f"skipped {line}")
-        if not loaded:
-            continue
-        truths = [prepare(clip) for clip in loaded]
-        settings = settings_for(height, width, engines, quick) + (extra(height, width) if extra else [])
-        for setting in settings:
-            why = peer_missing() if setting.engine == PEER else None
-            if why:
-                report["skipped"].append(f"{size} {PEER}: {why}")
-                say(f"skipped {PEER}: {why}")
-                continue
-            scores = run_setting(setting, truths)
-            row = {"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
-                   "internal": internal_size(height, width, setting.ratio) if setting.engine != PEER else "256x144",
-                   "clips": [c.name for c in loaded], **scores}
-            report["rows"].append(row)
-            say(_format_row(row))
+    for (size, width, height), count in zip(sizes, counts):
+        loaded, missing = data.load_clips(width, height, count, clips)
+        for name, why in missing.items():
+            report["skipped"].append(f"{size} clip {name}: {why}")
+            say(f"skipped {size} clip {name}: {why}")
+        if loaded:
+            settings = settings_for(height, width, engines, quick) + (extra(height, width) if extra else [])
+            rows = _run_size(size, width, height, loaded, settings, report["skipped"], say, (rounds, block))
+            report["rows"] += rows
     return report
+
+
+def _run_size(size: str, width: int, height: int, clips: list[data.Clip], settings: list[Setting],
+              skipped: list[str], say: Callable[[str], None], timing: tuple[int, int]) -> list[dict[str, Any]]:
+    """The rows of one frame size: every setting scored on every clip, then all timed together."""
+    truths = [prepare(clip) for clip in clips]
+    rows, runners = [], []
+    for setting in settings:
+        why = peer_missing() if setting.engine == PEER else None
+        if why:
+            skipped.append(f"{size} {PEER}: {why}")
+            say(f"skipped {PEER}: {why}")
+            continue
+        runner = RUNNERS[(setting.engine, setting.fullres)](setting)
+        internal = "256x144" if setting.engine == PEER else internal_size(height, width, setting.ratio)
+        rows.append({"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
+                     "internal": internal, "clips": [c.name for c in clips], **score(runner, truths)})
+        runners.append(runner)
+        say(f"{_format_row(rows[-1])}   (scored; timed at the end)")
+    for row, ms in zip(rows, time_runners(runners, clips[0].frames, *timing)):
+        row["ms_per_frame"] = ms
+    return rows
 
 
 def _machine() -> dict[str, Any]:
@@ -300,7 +334,7 @@ def _recipe() -> dict[str, Any]:
 
 # ----- output --------------------------------------------------------------------------------------------------
 COLUMNS = (("ms_per_frame", "ms/frame", "{:9.1f}"), ("mad", "MAD×1e3", "{:9.2f}"), ("mse", "MSE×1e3", "{:9.2f}"),
-           ("grad", "Grad×1e-3", "{:10.2f}"), ("dtssd", "dtSSD×1e2", "{:10.2f}"), ("edge", "Edge/255", "{:9.2f}"))
+           ("grad", "Grad×1e-3", "{:10.2f}"), ("dtssd", "dtSSD×1e2", "{:10.2f}"), ("edge", "Edge×255", "{:9.2f}"))
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -309,17 +343,19 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    cells = "".join(fmt.format(row[key]) for key, _, fmt in COLUMNS)
+    cells = "".join(fmt.format(row[key]) if key in row else f"{'-':>{len(fmt.format(0.0))}}" for key, _, fmt in COLUMNS)
     return f"{row['size']:6}{_label(row):30}{row['internal']:>9}{cells}"
 
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a text table, one row per setting, rows of a size by internal size (largest first)."""
     m = report["machine"]
-    lines = [f"rvm-live quality: ground truth recipe v{report['recipe']['version']}, {report['frames_per_clip']} "
-             f"frames per clip; {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}",
+    frames = "/".join(str(n) for n in report["frames_per_clip"])
+    lines = [f"rvm-live quality: ground truth recipe v{report['recipe']['version']}, {frames} frames per clip; "
+             f"{m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}",
              "MAD/MSE/Grad/dtSSD scaled as RVM's tables; Grad is a sum per frame (compare within a size); Edge: mean "
-             "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: median, engine only",
+             "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: engine only, median of "
+             f"{report['timing']['rounds']} round-robin blocks of {report['timing']['frames']} frames",
              f"{'size':6}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
                                                                for _, title, fmt in COLUMNS)]
     order = {"ladder": 0, "extra": 0, "engines": 1, "peer": 2, "baseline": 3}
@@ -336,7 +372,7 @@ def format_table(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvm-live bench --quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="360p,720p", help="comma list of 360p, 720p or WxH")
-    parser.add_argument("--frames", type=int, default=30, help="frames per clip")
+    parser.add_argument("--frames", default="30", help="frames per clip: N, or N,N,... one per size")
     parser.add_argument("--engines", default=",".join([*MODEL_ENGINES, PEER]), help="comma list of engines")
     parser.add_argument("--clips", default=None, help=f"comma list of clips ({', '.join(c.name for c in data.CLIPS)})")
     parser.add_argument("--quick", action="store_true", help="one clip, few settings (tests)")
@@ -349,11 +385,14 @@ def main(argv: list[str]) -> int:
     """Run the quality benchmark; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        if args.frames < 1:
-            raise ValueError(f"--frames must be at least 1, got {args.frames}")
-        report = run_benchmark(parse_sizes(args.sizes), args.frames, [e.strip() for e in args.engines.split(",")],
-                               quick=args.quick, clips=args.clips.split(",") if args.clips else None,
-                               progress=sys.stderr)
+        sizes = parse_sizes(args.sizes)
+        try:
+            counts = [int(n) for n in args.frames.split(",")]
+        except ValueError:
+            raise ValueError(f"--frames: expected N or N,N,... (one per size), got {args.frames!r}") from None
+        report = run_benchmark(sizes, counts[0] if len(counts) == 1 else counts,
+                               [e.strip() for e in args.engines.split(",")], quick=args.quick,
+                               clips=args.clips.split(",") if args.clips else None, progress=sys.stderr)
     except ValueError as exc:
         sys.stderr.write(f"rvm-live bench --quality: error: {exc}\n")
         return 2

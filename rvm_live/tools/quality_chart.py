@@ -23,14 +23,15 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def nice_ticks(hi: float, count: int = 6) -> list[float]:
-    """Round tick values from 0 to at least ``hi``."""
-    if hi <= 0:
-        return [0.0, 1.0]
-    raw = hi / count
-    step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 2.5, 5, 10) if m * step >= raw)
-    return [i * step for i in range(int(math.ceil(hi / step)) + 1)]
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 tick values spanning ``lo..hi`` (both > 0) on a log axis, one below and one above."""
+    ticks, k = [], math.floor(math.log10(lo))
+    while not ticks or ticks[-1] < hi:
+        ticks += [m * 10.0**k for m in (1, 2, 5)]
+        k += 1
+    first = max(i for i, t in enumerate(ticks) if t <= lo)
+    last = min(i for i, t in enumerate(ticks) if t >= hi)
+    return ticks[first:last + 1]
 
 
 def front(points: list[tuple[float, float]]) -> list[int]:
@@ -57,25 +58,28 @@ def _panel(rows: list[dict[str, Any]], title: str) -> Image.Image:
     draw = ImageDraw.Draw(image)
     font, small, big = _font(15), _font(13), _font(18)
     x0, y0, x1, y1 = MARGIN_L, MARGIN_T, PANEL_W - MARGIN_R, PANEL_H - MARGIN_B
-    xt, yt = nice_ticks(max(r["ms_per_frame"] for r in rows) * 1.08), nice_ticks(max(r["mad"] for r in rows) * 1.08)
+    ms = [max(r["ms_per_frame"], 0.1) for r in rows]
+    xt, yt = log_ticks(min(ms), max(ms)), log_ticks(min(r["mad"] for r in rows), max(r["mad"] for r in rows))
 
-    def at(ms: float, mad: float) -> tuple[float, float]:
-        return x0 + (x1 - x0) * ms / xt[-1], y1 - (y1 - y0) * mad / yt[-1]
+    def at(x: float, y: float) -> tuple[float, float]:  # log-log: both ranges span tenfold and more
+        fx = math.log(max(x, 0.1) / xt[0]) / math.log(xt[-1] / xt[0])
+        fy = math.log(y / yt[0]) / math.log(yt[-1] / yt[0])
+        return x0 + (x1 - x0) * fx, y1 - (y1 - y0) * fy
 
     draw.text((x0, 12), title, fill="black", font=big)
     for x in xt:
-        px = at(x, 0)[0]
+        px = at(x, yt[0])[0]
         draw.line([(px, y0), (px, y1)], fill=(232, 232, 232))
         draw.text((px, y1 + 6), f"{x:g}", fill="black", font=font, anchor="ma")
     for y in yt:
-        py = at(0, y)[1]
+        py = at(xt[0], y)[1]
         draw.line([(x0, py), (x1, py)], fill=(232, 232, 232))
         draw.text((x0 - 8, py), f"{y:g}", fill="black", font=font, anchor="rm")
     draw.rectangle([x0, y0, x1, y1], outline="black")
-    draw.text(((x0 + x1) / 2, PANEL_H - 22), "ms per frame (median, this machine)", fill="black", font=font,
-              anchor="ma")
-    draw.text((8, y0 - 24), "MAD x1e3 (lower is better)", fill="black", font=font)
-    xy = [at(r["ms_per_frame"], r["mad"]) for r in rows]
+    draw.text(((x0 + x1) / 2, PANEL_H - 22), "ms per frame (median on this machine; log scale)", fill="black",
+              font=font, anchor="ma")
+    draw.text((8, y0 - 24), "MAD x1e3 (lower is better; log scale)", fill="black", font=font)
+    xy = [at(x, r["mad"]) for x, r in zip(ms, rows)]
     best = front([(r["ms_per_frame"], r["mad"]) for r in rows])
     draw.line([xy[i] for i in best], fill=(160, 200, 160), width=3)
     taken: list[tuple[float, float, float, float]] = [(x - 5, y - 5, x + 5, y + 5) for x, y in xy]

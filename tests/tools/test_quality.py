@@ -230,10 +230,36 @@ def test_mediapipe_scores_plausibly_when_installed():
         pytest.skip(quality.peer_missing())
     clip = quality_data.make_clip(quality_data.CLIPS[0], 320, 180, 4)
     truth = [quality.prepare(clip)]
-    peer = quality.run_setting(quality.Setting("mediapipe", role="peer"), truth)
-    empty = quality.run_setting(quality.Setting("alpha=0", role="baseline"), truth)
-    assert peer["ms_per_frame"] > 0 and 0 < peer["mad"] < empty["mad"] / 4
+    peer = quality.score(quality.RUNNERS[("mediapipe", "")](quality.Setting("mediapipe", role="peer")), truth)
+    empty = quality.score(quality.RUNNERS[("alpha=0", "")](quality.Setting("alpha=0", role="baseline")), truth)
+    assert 0 < peer["mad"] < empty["mad"] / 4
     assert peer["edge"] < empty["edge"]
+
+
+def test_timing_gives_each_runner_its_median(monkeypatch):
+    clock = [0.0]  # a fake clock, advanced only by the runners: no real timing in the assertions
+
+    class Costly:
+        def __init__(self, costs):
+            self.costs, self.steps = costs, 0
+
+        def reset(self):
+            pass
+
+        def step(self, frame):
+            clock[0] += self.costs[self.steps % len(self.costs)]
+            self.steps += 1
+            return frame[..., 0], None
+
+    monkeypatch.setattr(quality.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(quality, "BLOCK_GAP_S", 0)
+    runners = [Costly([0.001]), Costly([0.010, 0.010, 0.040])]
+    ms = quality.time_runners(runners, np.zeros((5, 4, 4, 3), np.uint8), rounds=2, block=3)
+    assert runners[0].steps == runners[1].steps == quality.WARMUP_FRAMES + 2 * (3 + 1)
+    assert ms[0] == pytest.approx(1.0)
+    # the second runner's steps: warm-up 10 10 40, then per block one untimed step and three timed ones:
+    # (10) 10 40 10 | (10) 40 10 10: the median is 10 ms (the mean would be 20)
+    assert ms[1] == pytest.approx(10.0)
 
 
 # ----- end to end --------------------------------------------------------------------------------------------
@@ -284,4 +310,5 @@ def test_quick_run_writes_table_json_and_chart(monkeypatch, tmp_path, capsys):
 
 def test_chart_front_and_ticks():
     assert quality_chart.front([(10, 5), (20, 3), (15, 6), (30, 3), (5, 9)]) == [4, 0, 1]
-    assert quality_chart.nice_ticks(47) == [0, 10, 20, 30, 40, 50]
+    assert quality_chart.log_ticks(3.5, 47) == [2, 5, 10, 20, 50]
+    assert quality_chart.log_ticks(10, 20) == [10, 20]
