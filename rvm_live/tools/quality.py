@@ -28,6 +28,7 @@ import numpy as np
 
 from . import quality_data as data
 from .quality_metrics import ClipScore, edge_band, gauss_gradient, minmax
+from .quality_report import format_row, format_table
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +269,13 @@ def parse_sizes(text: str) -> list[tuple[str, int, int]]:
 
 def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], engines: list[str], *,
                   quick: bool = False, clips: list[str] | None = None, progress: TextIO | None = None,
-                  extra: Callable[[int, int], list[Setting]] | None = None) -> dict[str, Any]:
+                  extra: Callable[[int, int], list[Setting]] | None = None,
+                  threads: int | None = None) -> dict[str, Any]:
     """Score and time every setting at every size (``frames`` per clip: one count, or one per size); the
-    report (see :func:`format_table` and the JSON). ``extra(height, width)``: more settings per size."""
+    report (see :func:`~.quality_report.format_table` and the JSON). ``extra(height, width)``: more settings per size;
+    ``threads``: CPU threads of both engines (default: torch's)."""
+    import torch
+
     unknown = [e for e in engines if e not in (*MODEL_ENGINES, PEER)]
     if unknown:
         known = ", ".join([*MODEL_ENGINES, PEER])
@@ -278,10 +283,15 @@ def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], en
     counts = frames if isinstance(frames, list) else [frames] * len(sizes)
     if len(counts) != len(sizes) or min(counts) < 1:
         raise ValueError(f"frames: expected one count >= 1 or one per size ({len(sizes)}), got {frames}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        torch.set_num_threads(threads)  # the onnxruntime sessions take torch's count too
     say = (lambda line: progress.write(line + "\n") or progress.flush()) if progress else (lambda line: None)
     rounds, block = QUICK_TIMING if quick else (TIMING_ROUNDS, TIMING_BLOCK)
     report: dict[str, Any] = {"machine": _machine(), "recipe": _recipe(), "frames_per_clip": counts,
-                              "engines": engines, "quick": quick, "timing": {"rounds": rounds, "frames": block},
+                              "engines": engines, "quick": quick, "threads": torch.get_num_threads(),
+                              "timing": {"rounds": rounds, "frames": block},
                               "rows": [], "skipped": []}
     if quick:
         clips = clips or [data.CLIPS[0].name]
@@ -313,7 +323,7 @@ def _run_size(size: str, width: int, height: int, clips: list[data.Clip], settin
         rows.append({"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
                      "internal": internal, "clips": [c.name for c in clips], **score(runner, truths)})
         runners.append(runner)
-        say(f"{_format_row(rows[-1])}   (scored; timed at the end)")
+        say(f"{format_row(rows[-1])}   (scored; timed at the end)")
     for row, ms in zip(rows, time_runners(runners, clips[0].frames, *timing)):
         row["ms_per_frame"] = ms
     return rows
@@ -332,49 +342,13 @@ def _recipe() -> dict[str, Any]:
             "clips": [asdict(spec) for spec in data.CLIPS]}
 
 
-# ----- output --------------------------------------------------------------------------------------------------
-COLUMNS = (("ms_per_frame", "ms/frame", "{:9.1f}"), ("mad", "MAD×1e3", "{:9.2f}"), ("mse", "MSE×1e3", "{:9.2f}"),
-           ("grad", "Grad×1e-3", "{:10.2f}"), ("dtssd", "dtSSD×1e2", "{:10.2f}"), ("edge", "Edge×255", "{:9.2f}"))
-
-
-def _label(row: dict[str, Any]) -> str:
-    tag = {"ladder": "ladder", "extra": "extra", "engines": "RVM ratio", "peer": "peer", "baseline": "baseline"}
-    return f"{row['setting']} ({tag.get(row['role'], row['role'])})"
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    cells = "".join(fmt.format(row[key]) if key in row else f"{'-':>{len(fmt.format(0.0))}}" for key, _, fmt in COLUMNS)
-    return f"{row['size']:6}{_label(row):30}{row['internal']:>9}{cells}"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The report as a text table, one row per setting, rows of a size by internal size (largest first)."""
-    m = report["machine"]
-    frames = "/".join(str(n) for n in report["frames_per_clip"])
-    lines = [f"rvm-live quality: ground truth recipe v{report['recipe']['version']}, {frames} frames per clip; "
-             f"{m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}",
-             "MAD/MSE/Grad/dtSSD scaled as RVM's tables; Grad is a sum per frame (compare within a size); Edge: mean "
-             "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: engine only, median of "
-             f"{report['timing']['rounds']} round-robin blocks of {report['timing']['frames']} frames",
-             f"{'size':6}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
-                                                               for _, title, fmt in COLUMNS)]
-    order = {"ladder": 0, "extra": 0, "engines": 1, "peer": 2, "baseline": 3}
-    for size in dict.fromkeys(r["size"] for r in report["rows"]):
-        rows = [r for r in report["rows"] if r["size"] == size]
-        rows.sort(key=lambda r: (order.get(r["role"], 4), -(r["ratio"] or 0)))
-        clips = ", ".join(rows[0]["clips"]) if rows else ""
-        lines.append(f"-- {size} ({rows[0]['width']}x{rows[0]['height']}), clips: {clips}")
-        lines += [_format_row(r) for r in rows]
-    lines += [f"skipped: {s}" for s in report["skipped"]]
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvm-live bench --quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="360p,720p", help="comma list of 360p, 720p or WxH")
     parser.add_argument("--frames", default="30", help="frames per clip: N, or N,N,... one per size")
     parser.add_argument("--engines", default=",".join([*MODEL_ENGINES, PEER]), help="comma list of engines")
     parser.add_argument("--clips", default=None, help=f"comma list of clips ({', '.join(c.name for c in data.CLIPS)})")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both engines (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="one clip, few settings (tests)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--chart", type=Path, default=None, help="draw the speed/quality chart (PNG) here")
@@ -392,7 +366,8 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--frames: expected N or N,N,... (one per size), got {args.frames!r}") from None
         report = run_benchmark(sizes, counts[0] if len(counts) == 1 else counts,
                                [e.strip() for e in args.engines.split(",")], quick=args.quick,
-                               clips=args.clips.split(",") if args.clips else None, progress=sys.stderr)
+                               clips=args.clips.split(",") if args.clips else None, progress=sys.stderr,
+                               threads=args.threads)
     except ValueError as exc:
         sys.stderr.write(f"rvm-live bench --quality: error: {exc}\n")
         return 2
@@ -400,7 +375,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.chart:
-        from .quality_chart import draw_chart
+        from .quality_report import draw_chart
 
         draw_chart(report, args.chart)
     return 0

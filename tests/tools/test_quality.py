@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rvm_live.tools import quality, quality_chart, quality_data
+from rvm_live.tools import quality, quality_data, quality_report
 from rvm_live.tools import quality_metrics as qm
 
 RNG = np.random.default_rng(7)
@@ -204,7 +204,12 @@ def test_bad_arguments_are_named():
         quality.parse_sizes("big")
     with pytest.raises(ValueError, match="unknown engine"):
         quality.run_benchmark([("s", 160, 120)], 2, ["tensorrt"])
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        quality.run_benchmark([("s", 160, 120)], 2, ["torch"], threads=0)
+    with pytest.raises(ValueError, match="one per size"):
+        quality.run_benchmark([("s", 160, 120)], [2, 2], ["torch"])
     assert quality.main(["--sizes", "huge"]) == 2
+    assert quality.main(["--frames", "many"]) == 2
 
 
 def _synthetic_clip(frames: int = 4) -> quality_data.Clip:
@@ -305,10 +310,10 @@ def test_quick_run_writes_table_json_and_chart(monkeypatch, tmp_path, capsys):
     with Image.open(out_png) as image:
         image.verify()
     with Image.open(out_png) as image:
-        assert image.format == "PNG" and image.size == (quality_chart.PANEL_W, quality_chart.PANEL_H)
+        assert image.format == "PNG" and image.size == (quality_report.PANEL_W, quality_report.PANEL_H)
 
 
 def test_chart_front_and_ticks():
-    assert quality_chart.front([(10, 5), (20, 3), (15, 6), (30, 3), (5, 9)]) == [4, 0, 1]
-    assert quality_chart.log_ticks(3.5, 47) == [2, 5, 10, 20, 50]
-    assert quality_chart.log_ticks(10, 20) == [10, 20]
+    assert quality_report.front([(10, 5), (20, 3), (15, 6), (30, 3), (5, 9)]) == [4, 0, 1]
+    assert quality_report.log_ticks(3.5, 47) == [2, 5, 10, 20, 50]
+    assert quality_report.log_ticks(10, 20) == [10, 20]

@@ -1,5 +1,6 @@
-"""The speed/quality chart of a quality report: MAD against ms per frame, one labelled point per setting, one
-panel per frame size, the front (settings no other beats on both) joined by a line. Drawn with Pillow."""
+"""A quality report as a text table, and as the speed/quality chart: MAD against ms per frame, one labelled point
+per setting, one panel per frame size, the front (settings no other beats on both) joined by a line, drawn with
+Pillow."""
 
 from __future__ import annotations
 
@@ -8,6 +9,43 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+COLUMNS = (("ms_per_frame", "ms/frame", "{:9.1f}"), ("mad", "MAD×1e3", "{:9.2f}"), ("mse", "MSE×1e3", "{:9.2f}"),
+           ("grad", "Grad×1e-3", "{:10.2f}"), ("dtssd", "dtSSD×1e2", "{:10.2f}"), ("edge", "Edge×255", "{:9.2f}"))
+
+
+def _row_name(row: dict[str, Any]) -> str:
+    tag = {"ladder": "ladder", "extra": "extra", "engines": "RVM ratio", "peer": "peer", "baseline": "baseline"}
+    return f"{row['setting']} ({tag.get(row['role'], row['role'])})"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One row of the table."""
+    cells = "".join(fmt.format(row[key]) if key in row else f"{'-':>{len(fmt.format(0.0))}}" for key, _, fmt in COLUMNS)
+    return f"{row['size']:6}{_row_name(row):30}{row['internal']:>9}{cells}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a text table, one row per setting, rows of a size by internal size (largest first)."""
+    m = report["machine"]
+    frames = "/".join(str(n) for n in report["frames_per_clip"])
+    lines = [f"rvm-live quality: ground truth recipe v{report['recipe']['version']}, {frames} frames per clip; "
+             f"{m.get('cpu')}, {m.get('cores')} cores, {report['threads']} threads, torch {m.get('torch')}",
+             "MAD/MSE/Grad/dtSSD scaled as RVM's tables; Grad is a sum per frame (compare within a size); Edge: mean "
+             "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: engine only, median of "
+             f"{report['timing']['rounds']} round-robin blocks of {report['timing']['frames']} frames",
+             f"{'size':6}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
+                                                               for _, title, fmt in COLUMNS)]
+    order = {"ladder": 0, "extra": 0, "engines": 1, "peer": 2, "baseline": 3}
+    for size in dict.fromkeys(r["size"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["size"] == size]
+        rows.sort(key=lambda r: (order.get(r["role"], 4), -(r["ratio"] or 0)))
+        clips = ", ".join(rows[0]["clips"]) if rows else ""
+        lines.append(f"-- {size} ({rows[0]['width']}x{rows[0]['height']}), clips: {clips}")
+        lines += [format_row(r) for r in rows]
+    lines += [f"skipped: {s}" for s in report["skipped"]]
+    return "\n".join(lines)
+
 
 PANEL_W, PANEL_H = 900, 620
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 80, 30, 100, 60
@@ -86,7 +124,7 @@ def _panel(rows: list[dict[str, Any]], title: str) -> Image.Image:
     for row, (x, y) in zip(rows, xy):
         colour = COLOURS.get(row["role"], (0, 0, 0))
         draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour, outline="black")
-        _label(draw, _short(row), x, y, colour, small, taken, (x0, y0, x1, y1))
+        _place_label(draw, _short(row), x, y, colour, small, taken, (x0, y0, x1, y1))
     for i, (role, text) in enumerate(LEGEND):
         lx = x0 + 10 + i * 205
         draw.ellipse([lx, 45, lx + 10, 55], fill=COLOURS[role], outline="black")
@@ -96,7 +134,7 @@ def _panel(rows: list[dict[str, Any]], title: str) -> Image.Image:
     return image
 
 
-def _label(draw: ImageDraw.ImageDraw, text: str, x: float, y: float, colour: tuple[int, int, int],
+def _place_label(draw: ImageDraw.ImageDraw, text: str, x: float, y: float, colour: tuple[int, int, int],
            font: ImageFont.ImageFont, taken: list[tuple[float, float, float, float]],
            frame: tuple[float, float, float, float]) -> None:
     """Put ``text`` beside the point at the first free place (right, left, above, below, diagonals)."""
