@@ -137,18 +137,22 @@ def _panel(rows: list[dict[str, Any]], title: str) -> Image.Image:
 def _place_label(draw: ImageDraw.ImageDraw, text: str, x: float, y: float, colour: tuple[int, int, int],
                  font: ImageFont.ImageFont, taken: list[tuple[float, float, float, float]],
                  frame: tuple[float, float, float, float]) -> None:
-    """Put ``text`` beside the point at the first free place inside the plot (right, left, above, below,
-    diagonals); failing that, the first place inside it."""
+    """Put ``text`` at the nearest free place inside the plot beside the point (right or left, stepping up and
+    down a line at a time), with a leader line when it had to move away; failing that, right beside it."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     w, h = right - left, bottom - top
-    boxes = [(x + dx, y + dy, x + dx + w, y + dy + h) for dx, dy in (
-        (8, -h / 2), (-8 - w, -h / 2), (-w / 2, -10 - h), (-w / 2, 8), (8, -8 - h), (8, 6), (-8 - w, -8 - h),
-        (-8 - w, 6), (8, -16 - 2 * h), (8, 10 + h), (-8 - w, -16 - 2 * h), (-8 - w, 10 + h))]
+    step = h + 3
+    shifts = [0] + [sign * k * step for k in range(1, 9) for sign in (-1, 1)]
+    boxes = [(x + dx, y - h / 2 + dy, x + dx + w, y + h / 2 + dy) for dy in shifts for dx in (8, -8 - w)]
     inside = [b for b in boxes if frame[0] <= b[0] and b[2] <= frame[2] and frame[1] <= b[1] and b[3] <= frame[3]]
     free = [b for b in inside if not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)]
     box = (free or inside or boxes)[0]
     taken.append(box)
-    draw.text((box[0] - left, box[1] - top), text, fill=tuple(c * 3 // 4 for c in colour), font=font)
+    ink = tuple(c * 3 // 4 for c in colour)
+    if abs((box[1] + box[3]) / 2 - y) > h:
+        edge = box[0] if box[0] > x else box[2]
+        draw.line([(x, y), (edge, (box[1] + box[3]) / 2)], fill=ink, width=1)
+    draw.text((box[0] - left, box[1] - top), text, fill=ink, font=font)
 
 
 def draw_chart(report: dict[str, Any], path: str | Path) -> Path:
