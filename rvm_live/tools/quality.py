@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SIZES = {"360p": (640, 360), "720p": (1280, 720)}
 MODEL_ENGINES = ("onnxruntime", "torch")  # the first one present runs the ladder (the CPU daemon's default)
 PEER = "mediapipe"
+PEER_INTERNAL = "256x144"  # the input of the landscape selfie model
 FULLRES = ("fast", "exact")
 EXTRA_PX = (640, 528, 512, 496, 272, 256, 240)  # 512x288, 256x144: 16:9 multiples of 16; their ±16 px neighbours
 WARMUP_FRAMES = 3
@@ -295,6 +296,11 @@ def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], en
                               "rows": [], "skipped": []}
     if quick:
         clips = clips or [data.CLIPS[0].name]
+    why = peer_missing() if PEER in engines else None
+    if why:
+        report["skipped"].append(f"{PEER}: {why}")
+        say(f"skipped {PEER}: {why}")
+        engines = [e for e in engines if e != PEER]
     for (size, width, height), count in zip(sizes, counts):
         loaded, missing = data.load_clips(width, height, count, clips)
         for name, why in missing.items():
@@ -302,24 +308,18 @@ def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], en
             say(f"skipped {size} clip {name}: {why}")
         if loaded:
             settings = settings_for(height, width, engines, quick) + (extra(height, width) if extra else [])
-            rows = _run_size(size, width, height, loaded, settings, report["skipped"], say, (rounds, block))
-            report["rows"] += rows
+            report["rows"] += _run_size(size, width, height, loaded, settings, say, (rounds, block))
     return report
 
 
 def _run_size(size: str, width: int, height: int, clips: list[data.Clip], settings: list[Setting],
-              skipped: list[str], say: Callable[[str], None], timing: tuple[int, int]) -> list[dict[str, Any]]:
+              say: Callable[[str], None], timing: tuple[int, int]) -> list[dict[str, Any]]:
     """The rows of one frame size: every setting scored on every clip, then all timed together."""
     truths = [prepare(clip) for clip in clips]
     rows, runners = [], []
     for setting in settings:
-        why = peer_missing() if setting.engine == PEER else None
-        if why:
-            skipped.append(f"{size} {PEER}: {why}")
-            say(f"skipped {PEER}: {why}")
-            continue
         runner = RUNNERS[(setting.engine, setting.fullres)](setting)
-        internal = "256x144" if setting.engine == PEER else internal_size(height, width, setting.ratio)
+        internal = PEER_INTERNAL if setting.engine == PEER else internal_size(height, width, setting.ratio)
         rows.append({"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
                      "internal": internal, "clips": [c.name for c in clips], **score(runner, truths)})
         runners.append(runner)

@@ -22,7 +22,7 @@ def _row_name(row: dict[str, Any]) -> str:
 def format_row(row: dict[str, Any]) -> str:
     """One row of the table."""
     cells = "".join(fmt.format(row[key]) if key in row else f"{'-':>{len(fmt.format(0.0))}}" for key, _, fmt in COLUMNS)
-    return f"{row['size']:6}{_row_name(row):30}{row['internal']:>9}{cells}"
+    return f"{row['size']:8}{_row_name(row):30}{row['internal']:>9}{cells}"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -34,7 +34,7 @@ def format_table(report: dict[str, Any]) -> str:
              "MAD/MSE/Grad/dtSSD scaled as RVM's tables; Grad is a sum per frame (compare within a size); Edge: mean "
              "|composite error| in 8-bit levels within 3 px of the true edge; ms/frame: engine only, median of "
              f"{report['timing']['rounds']} round-robin blocks of {report['timing']['frames']} frames",
-             f"{'size':6}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
+             f"{'size':8}{'setting':30}{'internal':>9}" + "".join(f"{title:>{len(fmt.format(0.0))}}"
                                                                for _, title, fmt in COLUMNS)]
     order = {"ladder": 0, "extra": 0, "engines": 1, "peer": 2, "baseline": 3}
     for size in dict.fromkeys(r["size"] for r in report["rows"]):

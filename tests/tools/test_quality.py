@@ -222,11 +222,11 @@ def test_without_mediapipe_the_peer_is_skipped_in_one_line(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
     assert quality.peer_missing().startswith("mediapipe is not importable")
     monkeypatch.setattr(quality.data, "load_clips", lambda *a, **k: ([_synthetic_clip()], {}))
-    report = quality.run_benchmark([("tiny", 160, 120)], 4, ["mediapipe"], progress=sys.stderr)
+    report = quality.run_benchmark([("tiny", 160, 120), ("tiny2", 160, 120)], 4, ["mediapipe"], progress=sys.stderr)
     lines = [line for line in capsys.readouterr().err.splitlines() if "mediapipe" in line]
     assert len(lines) == 1 and lines[0].startswith("skipped mediapipe: mediapipe is not importable")
-    assert [r["setting"] for r in report["rows"]] == ["alpha=0", "alpha=1"]
-    assert len(report["skipped"]) == 1
+    assert [r["setting"] for r in report["rows"]] == ["alpha=0", "alpha=1"] * 2  # once per size
+    assert len(report["skipped"]) == 1  # one line for the whole run
 
 
 @pytest.mark.slow
