@@ -59,7 +59,7 @@ def test_summary_counts_add_up():
 
 def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
     proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
-    assert proc.returncode == 0 and "(torch engine)" in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "(torch runtime" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(("args", "culprit", "code"), [

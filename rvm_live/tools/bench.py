@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-e2e", dest="end_to_end", action="store_false", help="skip the pipeline run")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime comparison")
+    parser.add_argument("--quality", action="store_true",
+                        help="run the matting-quality benchmark instead (exact ground truth; its own flags: "
+                             "rvm-live bench --quality --help)")
     live = parser.add_argument_group("live (--live: the real pipeline on a realtime source, see livebench.py)")
     live.add_argument("--live", action="store_true", help="run the live benchmark instead")
     live.add_argument("--fps", type=float, default=30.0, help="source frame rate")
@@ -322,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """``rvm-live bench [FLAGS]``; returns the exit status."""
+    if "--quality" in argv:  # its own parser: sizes, engines, --json PATH and --chart PATH differ from the speed bench
+        from .quality import main as quality_main
+
+        return quality_main([a for a in argv if a != "--quality"])
     args = build_parser().parse_args(argv)
     if args.live:
         return _main_live(args)

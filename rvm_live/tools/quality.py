@@ -33,7 +33,10 @@ from .quality_report import format_row, format_table
 log = logging.getLogger(__name__)
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720)}
-MODEL_ENGINES = ("onnxruntime", "torch")  # the first one present runs the ladder (the CPU daemon's default)
+# the first one present runs the ladder (the CPU daemon's default); openvino runs the fast stage only
+MODEL_ENGINES = ("onnxruntime", "torch", "openvino", "openvino-bf16")
+EXACT_ENGINES = ("onnxruntime", "torch")
+WHOLE_LADDER = ("openvino-bf16",)  # engines besides the first scored on every rung, not only RVM's ratio
 PEER = "mediapipe"
 PEER_INTERNAL = "256x144"  # the input of the landscape selfie model
 FULLRES = ("fast", "exact")
@@ -72,42 +75,34 @@ def _u8(x: Any) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, np.float32)), 0, 255).astype(np.uint8)
 
 
-class _Exact:
-    """The network with the exact full-resolution refiner: ``Engine.step`` (torch or the whole ONNX export)."""
+class _Model:
+    """The network on one runtime, with the exact or the fast full-resolution stage: the daemon's own
+    ``Engine.infer`` and ``Engine.render``, rendered as RGBA over a transparent background (alpha and foreground,
+    exactly as an output that takes alpha gets them)."""
 
-    _engines: dict[str, Any] = {}  # one engine (model) per kind, shared by its rows
+    _engines: dict[tuple[str, str], Any] = {}  # one engine (model) per runtime and stage, shared by its rows
 
     def __init__(self, setting: Setting) -> None:
-        from ..engine.core import Engine
+        import torch
 
-        if setting.engine not in self._engines:
-            self._engines[setting.engine] = Engine("mobilenetv3", engine=setting.engine, device="cpu")
-        self.engine, self.ratio = self._engines[setting.engine], setting.ratio
+        from ..compositing.backgrounds import parse_background
+        from ..engine.core import Engine
+        from ..engine.render import RenderPlan
+
+        key = (setting.engine, setting.fullres)
+        if key not in self._engines:
+            self._engines[key] = Engine("mobilenetv3", runtime=setting.engine, fullres=setting.fullres, device="cpu",
+                                        threads=torch.get_num_threads())
+        self.engine, self.ratio = self._engines[key], setting.ratio
+        self.plan = RenderPlan(parse_background("transparent"), None, True)
         self.reset()
 
     def reset(self) -> None:
         self.state = self.engine.new_state(self.ratio)
 
     def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = self.engine.step([frame], [self.state])
-        return _u8(out.pha[0, 0].numpy() * 255), _u8(out.fgr[0].permute(1, 2, 0).numpy() * 255)
-
-
-class _Fast:
-    """The network to low-resolution coefficients, then the fast full-resolution stage (``FastMatter``)."""
-
-    def __init__(self, setting: Setting) -> None:
-        from ..fullres import FastMatter
-
-        self.matter = FastMatter(engine=setting.engine, downsample_ratio=setting.ratio)
-
-    def reset(self) -> None:
-        self.matter.reset()
-
-    def step(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        begun = self.matter.begin(frame)
-        fgr, pha = self.matter.fullres.matte(begun.image, begun.coeffs[0][0], begun.coeffs[1][0], begun.floats)
-        return _u8(pha * 255), _u8(fgr)
+        (picture,) = self.engine.render(self.engine.infer([frame], [self.state]), [self.plan])
+        return np.ascontiguousarray(picture.image[..., 3]), np.ascontiguousarray(picture.image[..., :3])
 
 
 class _MediaPipe:
@@ -144,8 +139,8 @@ class _Constant:
 
 # (engine, fullres) -> runner; the one place that knows the engines
 RUNNERS: dict[tuple[str, str], Callable[[Setting], Runner]] = {
-    **{(engine, "exact"): _Exact for engine in MODEL_ENGINES},
-    **{(engine, "fast"): _Fast for engine in MODEL_ENGINES},
+    **{(engine, "exact"): _Model for engine in EXACT_ENGINES},
+    **{(engine, "fast"): _Model for engine in MODEL_ENGINES},
     (PEER, ""): _MediaPipe,
     ("alpha=0", ""): _Constant,
     ("alpha=1", ""): _Constant,
@@ -175,11 +170,11 @@ def internal_size(height: int, width: int, ratio: float | None) -> str:
 def settings_for(height: int, width: int, engines: list[str], quick: bool = False) -> list[Setting]:
     """The rows for one frame size: the ladder and the extra sizes on the first model engine's fast stage,
     every engine x stage at RVM's ratio, the peer, the baselines."""
-    from ..engine.state import auto_downsample_ratio
-    from ..governor import ladder_ratios
+    from ..engine.state import recommended_ratio
+    from ..runtime.governor import ladder_ratios
 
     models = [e for e in MODEL_ENGINES if e in engines]
-    top = auto_downsample_ratio(height, width)
+    top = recommended_ratio(height, width)
     ladder = ladder_ratios(height, width, top)
     rows: list[Setting] = []
     if models:
@@ -190,7 +185,9 @@ def settings_for(height: int, width: int, engines: list[str], quick: bool = Fals
             long_side = max(height, width)
             extras = sorted({round(px / long_side, 4) for px in EXTRA_PX if px <= long_side} - set(ladder))
             rows += [Setting(main, "fast", r, "extra") for r in reversed(extras)]
-        combos = [("torch", "exact")] if quick else [(e, f) for e in models for f in FULLRES]
+        # a precision that trades quality for speed is scored on every rung: it may buy a better rung than fp32
+        rows += [Setting(e, "fast", r, "ladder") for e in models[1:] if e in WHOLE_LADDER for r in rungs]
+        combos = [("torch", "exact")] if quick else [(e, f) for e in models for f in FULLRES if (e, f) in RUNNERS]
         rows += [Setting(e, f, top, "engines") for e, f in combos if (e, f) != (main, "fast") and e in models]
     if PEER in engines:
         rows.append(Setting(PEER, role="peer"))
@@ -330,10 +327,8 @@ def _run_size(size: str, width: int, height: int, clips: list[data.Clip], settin
 
 
 def _machine() -> dict[str, Any]:
-    try:  # the speed bench is moving into this package
-        from .bench import machine_info
-    except ImportError:
-        from ..bench import machine_info
+    from .common import machine_info
+
     return machine_info()
 
 

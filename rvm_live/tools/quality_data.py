@@ -152,11 +152,11 @@ def matte_layer(frames: list[np.ndarray], warmup: list[np.ndarray]) -> tuple[np.
     import torch
 
     from ..assets import fetch
-    from ..engine.state import auto_downsample_ratio
+    from ..engine.state import recommended_ratio
     from ..weights import MOBILENETV3_ONNX_MIRROR, load_model
 
     model = load_model("mobilenetv3", weights=fetch(MOBILENETV3_ONNX_MIRROR))
-    ratio = auto_downsample_ratio(*frames[0].shape[:2])
+    ratio = recommended_ratio(*frames[0].shape[:2])
     steps, skip = [*warmup, *frames], len(warmup)
     rec: list = [None] * 4
     fgrs, alphas = [], []

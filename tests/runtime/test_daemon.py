@@ -51,7 +51,8 @@ def test_rgb_or_rgba_is_decided_once_per_stream_from_its_sinks(carphone_path, en
                       "both": [{(144, 176, 3)}, {(144, 176, 4)}]}
     rgb, rgba = (sink.frames[-1][1].image for sink in sinks["both"])
     np.testing.assert_array_equal(rgb, rgba[..., :3])  # the RGB output gets the foreground, not a composite
-    np.testing.assert_array_equal(sinks["rgb"][0].frames[-1][1].image, rgb)
+    # the same foreground from another stream of the batch (batched float maths may differ by one level)
+    assert np.abs(sinks["rgb"][0].frames[-1][1].image.astype(int) - rgb).max() <= 1
 
 
 def two_streams(carphone_path, **extra) -> Config:

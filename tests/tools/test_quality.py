@@ -284,12 +284,12 @@ class _Shifted:
 
 @pytest.mark.slow
 def test_quick_run_writes_table_json_and_chart(monkeypatch, tmp_path, capsys):
-    from rvm_live.engine.state import auto_downsample_ratio
+    from rvm_live.engine.state import recommended_ratio
 
     monkeypatch.setitem(quality.RUNNERS, ("broken", ""), _Shifted)
     settings_for = quality.settings_for
     monkeypatch.setattr(quality, "settings_for", lambda h, w, e, q=False: settings_for(h, w, e, q) + [
-        quality.Setting("broken", "", auto_downsample_ratio(h, w), "extra")])
+        quality.Setting("broken", "", recommended_ratio(h, w), "extra")])
     out_json, out_png = tmp_path / "q.json", tmp_path / "q.png"
     args = ["--quick", "--sizes", "360p", "--frames", "4", "--engines", "onnxruntime,torch",
             "--json", str(out_json), "--chart", str(out_png)]
