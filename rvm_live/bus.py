@@ -77,6 +77,17 @@ class QualityChanged(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class QualityFloor(Event):
+    """At the quality floor (the governor's lowest rung) a frame takes longer than the stream can give it
+    (``overloaded``): the live queue drops frames rather than the matte collapsing; or it fits again."""
+
+    overloaded: bool
+    ratio: float
+    step_ms: float
+    limit_ms: float
+
+
 Handler = Callable[[Event], None]
 
 

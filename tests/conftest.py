@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import av
 import numpy as np
 import pytest
 
 from rvm_live.assets import demo_clip
+from rvm_live.runtime.governor import MEMORY_ENV
+
+# the governor's memory of settled rungs would carry one test's machine load into the next (and into this
+# user's cache): off for the suite and its child processes; tests/runtime/test_governor.py turns it on
+os.environ[MEMORY_ENV] = ""
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ class Engine:
         from .openvino import OpenVinoCoefficients, available
 
         if not available():
-            raise ValueError(f"runtime={self.runtime!r} needs the openvino package (pip install 'rvm-live[openvino]')")
+            raise ValueError(f"runtime={self.runtime!r} needs the openvino package (pip install openvino)")
         if not (self.device.type == "cpu" and backbone == "mobilenetv3" and model is None and self.fullres == "fast"):
             raise ValueError(f"runtime={self.runtime!r} runs the mobilenetv3 ONNX export's network half on the CPU "
                              "with the fast full-resolution stage (fullres='fast'); it takes no model=")

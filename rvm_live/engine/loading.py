@@ -38,16 +38,21 @@ def resolve_dtype(fp16: bool | None, device: torch.device) -> torch.dtype:
 
 def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None,
                 live: bool = True) -> str:
-    """Resolve ``"auto"`` by measurement (BENCHMARKS.md, "Which engine auto picks"): onnxruntime for live
-    sources on the CPU (MobileNetV3, the official ONNX export or an .onnx file, onnxruntime installed), where
-    it runs the fast full-resolution path's low-resolution graph; torch for file jobs (``live=False``: the
-    export's exact path ran 2-4x slower than torch's, interleaved), on CUDA and for ResNet50."""
+    """Resolve ``"auto"`` by measurement (BENCHMARKS.md, "Which engine auto picks" and "A faster CPU network").
+    Live sources on the CPU (MobileNetV3, the official export or an .onnx file) run the fast full-resolution
+    path's network half: OpenVINO in bf16 where the CPU has native bf16 (about 2x onnxruntime at the same
+    matting quality on the benchmark), else onnxruntime. File jobs (``live=False``) run torch: the export's
+    exact path ran 2-4x slower than torch's, interleaved. CUDA and ResNet50 run torch."""
     if engine != "auto":
         return engine
     if device.type != "cpu" or backbone != "mobilenetv3" or not live:
         return "torch"
     if weights is not None and Path(weights).suffix != ".onnx":
         return "torch"
+    from .openvino import available, supports_bf16
+
+    if available() and supports_bf16():
+        return "openvino-bf16"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..bus import Bus, ErrorEvent, QualityChanged
+from ..bus import Bus, ErrorEvent, QualityChanged, QualityFloor
 from ..config import Config, stream_configs
 from ..engine.core import Engine
 from ..engine.select import build_engine
@@ -66,6 +66,7 @@ class Daemon:
             for stream_id, cfg in specs]
         self._by_id = {s.id: s for s in self.sessions}
         self.bus.subscribe(QualityChanged, self._log_quality)
+        self.bus.subscribe(QualityFloor, self._log_floor)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.inference: InferenceStage | None = None
@@ -115,6 +116,14 @@ class Daemon:
     def _log_quality(self, event: QualityChanged) -> None:
         where = self.session(event.stream_id).log_prefix if event.stream_id is not None else ""
         log.info("%squality: downsample %.3g -> %.3g (%s)", where, event.previous, event.ratio, event.reason)
+
+    def _log_floor(self, event: QualityFloor) -> None:
+        where = self.session(event.stream_id).log_prefix if event.stream_id is not None else ""
+        if event.overloaded:
+            log.warning("%squality: at the floor (downsample %.3g) a frame takes %.0f ms > %.0f ms; dropping frames "
+                        "to keep up rather than lose the matte", where, event.ratio, event.step_ms, event.limit_ms)
+        else:
+            log.info("%squality: the floor holds the frame rate again (%.0f ms per frame)", where, event.step_ms)
 
     def stop(self) -> None:
         """Ask every stage to stop (idempotent, safe from signal handlers and other threads)."""

@@ -12,47 +12,113 @@ it means the same at any frame size; the top rung is RVM's own recommendation fo
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from ..bus import QualityChanged
+from ..bus import QualityChanged, QualityFloor
 
 log = logging.getLogger(__name__)
 
-LADDER_PX = (512, 448, 384, 320, 256, 192, 160)  # internal long side, best first
+# Internal long sides in px, best first, from the quality benchmark (BENCHMARKS.md, "Matting quality"):
+# from 480 to 384 px MAD grows ~7 %, at 320 px ~30-40 %, and between 320 and 256-272 px it doubles, so the
+# steps are finest there. 256 px is the QUALITY FLOOR: the last size that still beats MediaPipe's selfie
+# segmentation on MAD, Grad and dtSSD at 360p and 720p; 192 and 160 px (the old bottom rungs) collapse (MAD
+# 4-7x the top) and lose to it. Multiples of 16 (512x288, 256x144) measured no better than their neighbours.
+LADDER_PX = (512, 448, 384, 352, 320, 288, 256)
+QUALITY_FLOOR_PX = 256
 MIN_INTERNAL_PX = 32
 EWMA = 0.25  # weight of the newest step time in the running mean
 WARMUP_STEPS = 5  # first steps after a change: caches and allocators settle, not counted
+CALIBRATION_STEPS = 3  # a fresh governor's first decision: after this many measured steps, not a whole dwell
 MEMORY_S = 30.0  # how long a rung's measured time is trusted (load from other programs comes and goes)
+SETTLED_S = 10.0  # a rung held this long is remembered for the next start of the same kind of stream
+MEMORY_ENV = "RVM_LIVE_GOVERNOR_MEMORY"  # where settled rungs are kept (a JSON file; empty: nowhere)
 
 
-def ladder_ratios(height: int, width: int, top_ratio: float, ladder_px: Sequence[int] = LADDER_PX) -> list[float]:
-    """Ratios for a frame size, best first: ``top_ratio`` (RVM's recommendation), then every ladder rung
-    below it that keeps the internal image at least ``MIN_INTERNAL_PX`` on its short side."""
+def ladder_ratios(height: int, width: int, top_ratio: float, ladder_px: Sequence[int] = LADDER_PX,
+                  floor_px: int = QUALITY_FLOOR_PX) -> list[float]:
+    """Ratios for a frame size, best first: ``top_ratio`` (RVM's recommendation), then every ladder rung below
+    it down to the quality floor (internal long side ``floor_px``; never under ``MIN_INTERNAL_PX`` on the short
+    side). A frame whose top is already at or under the floor gets no lower rung."""
     long_side, short_side = max(height, width), min(height, width)
     ratios = [top_ratio]
     for px in ladder_px:
         r = round(px / long_side, 4)
-        if r < ratios[-1] - 1e-6 and short_side * r >= MIN_INTERNAL_PX:
+        if px >= floor_px and r < ratios[-1] - 1e-6 and short_side * r >= MIN_INTERNAL_PX:
             ratios.append(r)
     return ratios
 
 
+class RungMemory:
+    """The ratio each kind of stream last settled on, on this machine (a small JSON file), so that the next
+    start begins near it instead of spending seconds at a rung the machine cannot hold."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+
+    @classmethod
+    def default(cls) -> RungMemory:
+        """``$RVM_LIVE_GOVERNOR_MEMORY`` (empty: off), else ``governor.json`` in the asset cache."""
+        if MEMORY_ENV in os.environ:
+            return cls(os.environ[MEMORY_ENV] or None)
+        from ..assets import cache_dir
+
+        return cls(cache_dir() / "governor.json")
+
+    def _load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recall(self, key: str) -> float | None:
+        """The ratio remembered for ``key``, if any."""
+        if self.path is None:
+            return None
+        value = self._load().get(key)
+        return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else None
+
+    def remember(self, key: str, ratio: float) -> None:
+        """Keep ``ratio`` for ``key`` (atomically; a cache that cannot be written only costs the next start)."""
+        if self.path is None:
+            return
+        data = self._load()
+        data[key] = ratio
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.debug("governor: cannot remember the settled rung in %s (%s)", self.path, exc)
+
+
 class Governor:
-    """Per stream. ``observe(step_ms, now)`` after every frame; returns the ``QualityChanged`` event to post (for
-    ``stream_id``) when the ratio changes.
+    """Per stream. ``observe(step_ms, now)`` after every frame; returns the event to post (for ``stream_id``):
+    ``QualityChanged`` when the ratio changes, ``QualityFloor`` when the floor cannot hold the rate (frames are
+    then dropped by the live queue, never quality below the floor) and when it can again.
 
     ``interval_ms`` is the source's frame interval; ``budget_ms`` the latency budget (a step that alone
     exceeds it can never meet it). ``headroom`` is the fraction of the interval that the rung above must be
     predicted to fit in before the governor climbs to it; the prediction scales the whole time by the pixel
-    count, although part of it (the full-resolution stage) does not grow with the ratio, so it errs high."""
+    count, although part of it (the full-resolution stage) does not grow with the ratio, so it errs high.
+    ``memory``/``memory_key``: where the settled rung of this kind of stream is recalled from and kept."""
 
     def __init__(self, ratios: Sequence[float], *, interval_ms: float, budget_ms: float = 100.0,
                  dwell_s: float = 2.0, up_dwell_s: float = 5.0, headroom: float = 0.85, start: int = 0,
-                 size: tuple[int, int] | None = None, stream_id: str | None = None) -> None:
+                 size: tuple[int, int] | None = None, stream_id: str | None = None,
+                 memory: RungMemory | None = None, memory_key: str | None = None) -> None:
         if not ratios:
             raise ValueError("the ladder needs at least one ratio")
         self.ratios = list(ratios)
+        self.memory, self.memory_key = memory, memory_key
+        recalled = memory.recall(memory_key) if memory is not None and memory_key else None
+        if recalled is not None:  # the rung nearest to what this kind of stream settled on last time
+            start = min(range(len(self.ratios)), key=lambda i: abs(self.ratios[i] - recalled))
         self.rung = min(max(start, 0), len(self.ratios) - 1)
         self.interval_ms = interval_ms
         self.budget_ms = budget_ms
@@ -62,6 +128,10 @@ class Governor:
         self.cost_ms: dict[int, tuple[float, float]] = {}
         self._since: float | None = None  # time of the last change (or the first observation)
         self._skip = WARMUP_STEPS
+        self._measured = 0  # steps counted since the last change
+        self._calibrating = True  # the first decision comes after CALIBRATION_STEPS, not a whole dwell
+        self._remembered = False  # this rung is in the memory already
+        self.overloaded = False  # at the floor and still too slow: frames are being dropped
         self.size = size  # the frame size the ladder was made for
         self.stream_id = stream_id
 
@@ -69,7 +139,7 @@ class Governor:
     def ratio(self) -> float:
         return self.ratios[self.rung]
 
-    def observe(self, step_ms: float, now: float) -> QualityChanged | None:
+    def observe(self, step_ms: float, now: float) -> QualityChanged | QualityFloor | None:
         """Account one frame's inference time; maybe change rung (up: one at a time)."""
         if self._since is None:
             self._since = now
@@ -77,13 +147,15 @@ class Governor:
             self._skip -= 1
             return None
         self.mean_ms = step_ms if self.mean_ms is None else (1 - EWMA) * self.mean_ms + EWMA * step_ms
+        self._measured += 1
         self.cost_ms[self.rung] = (self.mean_ms, now)
         held = now - self._since
+        decided = held >= self.dwell_s or (self._calibrating and self._measured >= CALIBRATION_STEPS)
         # a frame must be done within one interval to hold the rate, and a queue of one frame must not wait
         # beyond the budget
         limit = min(self.interval_ms, self.budget_ms)
         last = len(self.ratios) - 1
-        if self.mean_ms > limit and held >= self.dwell_s and self.rung < last:
+        if self.mean_ms > limit and decided and self.rung < last:
             # far over: straight down to the first rung that pixel-count scaling says could fit. That scaling
             # errs low going down (the full-res stage does not shrink), so the jump never overshoots, and the
             # next dwell takes the rest one rung at a time
@@ -91,10 +163,18 @@ class Governor:
             while target < last and self.mean_ms * (self.ratios[target] / self.ratio) ** 2 > limit:
                 target += 1
             return self._move(target - self.rung, now, f"{self.mean_ms:.0f} ms per frame > {limit:.0f} ms")
+        # at the floor: say when it cannot hold the rate, and when it can again (with a margin, so it never chatters)
+        over = self.mean_ms > limit * (0.9 if self.overloaded else 1)
+        if self.rung == last and decided and over != self.overloaded:
+            self.overloaded = not self.overloaded
+            return QualityFloor(self.stream_id, self.overloaded, self.ratio, self.mean_ms, limit)
         if self.rung > 0 and held >= self.up_dwell_s:
             predicted = self._predict(self.rung - 1, now)
             if predicted <= self.headroom * limit:
                 return self._move(-1, now, f"{predicted:.0f} ms predicted at the rung above")
+        if held >= SETTLED_S and not self._remembered and self.memory is not None and self.memory_key:
+            self._remembered = True
+            self.memory.remember(self.memory_key, self.ratio)
         return None
 
     def _predict(self, rung: int, now: float) -> float:
@@ -107,7 +187,8 @@ class Governor:
     def _move(self, delta: int, now: float, reason: str) -> QualityChanged:
         previous = self.ratio
         self.rung += delta
-        self._since, self._skip = now, WARMUP_STEPS
+        self._since, self._skip, self._measured = now, WARMUP_STEPS, 0
+        self._calibrating = self._remembered = False
         decision = QualityChanged(self.stream_id, self.ratio, previous, self.mean_ms or 0.0, reason)
         self.mean_ms = None
         return decision

@@ -16,13 +16,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..bus import Bus, EndOfStreamEvent
+from ..bus import Bus, EndOfStreamEvent, QualityChanged
 from ..engine.core import Engine
 from ..engine.render import Matte, RenderPlan
 from ..engine.state import ratio_for
 from ..frame import END, EndOfStream, Frame
 from ..queues import Empty
-from .governor import Governor, ladder_ratios
+from .governor import Governor, RungMemory, ladder_ratios
 from .render import RenderStage
 from .session import Session
 from .sink_worker import SinkWorker
@@ -54,6 +54,7 @@ class InferenceStage:
         self._held: dict[str, Frame | EndOfStream] = {}  # taken from a queue, not yet processed
         self._generation: dict[str, int | None] = {s.id: None for s in sessions}
         self._governors: dict[str, Governor] = {}  # live streams with quality = "auto"
+        self._rung_memory = RungMemory.default()
         self.batches = 0  # network calls made
         self.batched_frames = 0  # frames that went through them
 
@@ -211,13 +212,19 @@ class InferenceStage:
         height, width = image.shape[:2]
         if governor is None or governor.size != (height, width):
             top = ratio_for(session.config.downsample, height, width)
+            # this kind of stream on this machine: the memory of where it settled is per engine, size and rate
+            key = f"{self.engine.runtime}/{self.engine.fullres}/{width}x{height}@{session.fps:.3g}/top{top:.4g}"
             governor = self._governors[session.id] = Governor(
                 ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
-                budget_ms=session.config.latency_budget, size=(height, width), stream_id=session.id)
-        change = governor.observe(step_ms, time.monotonic())
-        if change is not None:
-            session.state.set_ratio(change.ratio)
-            self.bus.post(change)
+                budget_ms=session.config.latency_budget, size=(height, width), stream_id=session.id,
+                memory=self._rung_memory, memory_key=key)
+            if governor.ratio != session.state.ratio:  # a remembered rung: start there, not at the top
+                session.state.set_ratio(governor.ratio)
+        event = governor.observe(step_ms, time.monotonic())
+        if isinstance(event, QualityChanged):
+            session.state.set_ratio(event.ratio)
+        if event is not None:
+            self.bus.post(event)
 
     # ----- fan-out -------------------------------------------------------------------------------------
     def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bus import Bus, EndOfStreamEvent, Event, QualityChanged, SourceBack, SourceLost
+from ..bus import Bus, EndOfStreamEvent, Event, QualityChanged, QualityFloor, SourceBack, SourceLost
 from ..compositing.backgrounds import Background, check_background, opaque, parse_background
 from ..config import Config, check_internal_size
 from ..engine.render import Picture, RenderPlan
@@ -87,6 +87,7 @@ class Session:
         self.chunk = 1
         self.ended = False  # every frame of this stream has reached its outputs' queues
         self.quality_changes = 0
+        self.floor_overloaded = False  # at the quality floor and still too slow: dropping frames
         bus.subscribe(Event, self._on_event)
         self.capture_queue: FrameQueue = FrameQueue(config.queue_size, leaky=False, name=f"capture:{stream_id}")
         self.workers: list[SinkWorker] = []
@@ -181,6 +182,8 @@ class Session:
             self.stats_data.outage_ended()
         elif isinstance(event, QualityChanged):
             self.quality_changes += 1
+        elif isinstance(event, QualityFloor):
+            self.floor_overloaded = event.overloaded
         elif isinstance(event, EndOfStreamEvent):
             self.ended = True
 
@@ -227,6 +230,7 @@ class Session:
         return self.stats_data.snapshot(
             frames_dropped=self.dropped(), **model, downsample_ratio=self.state.ratio,
             quality="auto" if self.governed else "fixed", quality_changes=self.quality_changes,
+            quality_floor_overloaded=self.floor_overloaded,
             sinks={w.sink.name: w.info() for w in self.workers}, source_up=self.source_up,
             paused=self.paused.is_set(), background=self.background_spec, source_stale_frames=self.stale_frames(),
             background_error=self.background_error())

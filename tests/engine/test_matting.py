@@ -148,15 +148,19 @@ def test_fp16_on_cuda_matches_fp32(clip):
     assert float((mask32 - mask16).abs().max()) < 0.1
 
 
-def test_auto_engine_picks_onnxruntime_only_where_it_can_run():
+def test_auto_engine_picks_the_measured_fastest_only_where_it_can_run(monkeypatch):
+    from rvm_live.engine import openvino
     from rvm_live.engine.loading import pick_engine
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pick_engine("auto", backbone="mobilenetv3", device=cpu) == "onnxruntime"  # a base dependency
+    live_cpu = "openvino-bf16" if openvino.available() and openvino.supports_bf16() else "onnxruntime"
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu) == live_cpu  # base dependencies, both
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu, weights="w.onnx") == live_cpu
+    monkeypatch.setattr(openvino, "supports_bf16", lambda: False)  # a CPU without bf16: onnxruntime
+    assert pick_engine("auto", backbone="mobilenetv3", device=cpu) == "onnxruntime"
     # file jobs: torch measured faster than onnxruntime's exact path (BENCHMARKS.md)
     assert pick_engine("auto", backbone="mobilenetv3", device=cpu, live=False) == "torch"
     assert pick_engine("onnxruntime", backbone="mobilenetv3", device=cpu, live=False) == "onnxruntime"
-    assert pick_engine("auto", backbone="mobilenetv3", device=cpu, weights="w.onnx") == "onnxruntime"
     assert pick_engine("auto", backbone="mobilenetv3", device=cpu, weights="w.pth") == "torch"
     assert pick_engine("auto", backbone="resnet50", device=cpu) == "torch"
     assert pick_engine("auto", backbone="mobilenetv3", device=cuda) == "torch"

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino", reason="openvino is not installed (pip install 'rvm-live[openvino]')")
+pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
 
 from rvm_live.engine.fullres import FastFullRes  # noqa: E402
 from rvm_live.engine.lowres import OrtCoefficients, downsample  # noqa: E402

@@ -7,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from rvm_live.runtime.governor import Governor, ladder_ratios
+from rvm_live.bus import QualityChanged, QualityFloor
+from rvm_live.runtime.governor import QUALITY_FLOOR_PX, Governor, RungMemory, ladder_ratios
 
 
 class SlowEngine:
@@ -21,22 +22,35 @@ class SlowEngine:
         return (self.fixed_ms + self.per_ratio2_ms * ratio**2) * self.load
 
 
-def drive(governor: Governor, engine: SlowEngine, seconds: float, fps: float = 30.0, t0: float = 0.0):
-    """Feed the governor one frame per interval for ``seconds``; returns (end time, decisions)."""
+def drive(governor: Governor, engine: SlowEngine, seconds: float, fps: float = 30.0, t0: float = 0.0,
+          kind: type = QualityChanged):
+    """Feed the governor one frame per interval for ``seconds``; returns (end time, its events of ``kind``)."""
     decisions, t = [], t0
     while t < t0 + seconds:
         d = governor.observe(engine.step_ms(governor.ratio), t)
-        if d is not None:
+        if isinstance(d, kind):
             decisions.append((t, d))
         t += 1 / fps
     return t, decisions
 
 
 def test_ladder_follows_the_frame_size():
-    assert ladder_ratios(720, 1280, 0.375) == [0.375, 0.35, 0.3, 0.25, 0.2, 0.15, 0.125]
-    assert ladder_ratios(360, 640, 1.0) == [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25]
-    # never so small that the internal image's short side drops under 32 px
-    assert min(ladder_ratios(144, 176, 1.0)) * 144 >= 32
+    assert ladder_ratios(720, 1280, 0.375) == [0.375, 0.35, 0.3, 0.275, 0.25, 0.225, 0.2]
+    assert ladder_ratios(360, 640, 0.75) == [0.75, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4]
+    # a frame already under the floor keeps its size: nothing lower is worth having
+    assert ladder_ratios(144, 176, 1.0) == [1.0]
+
+
+@pytest.mark.parametrize("height, width", [(360, 640), (720, 1280), (1080, 1920), (2160, 3840), (1280, 720),
+                                           (480, 854), (768, 1366)])
+def test_the_ladder_never_goes_below_the_quality_floor(height, width):
+    """The floor comes from the quality benchmark: below a 256 px internal long side the matte collapses."""
+    from rvm_live.engine.state import recommended_ratio
+
+    ratios = ladder_ratios(height, width, recommended_ratio(height, width))
+    internal = [int(max(height, width) * r) for r in ratios]  # the network's long side (floor, as its resize)
+    assert len(ratios) >= 5 and internal == sorted(internal, reverse=True)
+    assert min(internal) >= QUALITY_FLOOR_PX - 1 and min(internal) <= QUALITY_FLOOR_PX  # the floor is the last rung
 
 
 def test_governor_steps_down_until_the_rate_holds_and_back_up_when_load_goes():
@@ -65,12 +79,52 @@ def test_governor_steps_down_until_the_rate_holds_and_back_up_when_load_goes():
 def test_far_too_slow_jumps_several_rungs_at_once_without_overshooting():
     """At the start on a slow machine (RVM's own ratio costs 3x the interval) the first step goes straight to
     the rung that pixel scaling says could fit, not one rung per dwell; it never lands below what is needed."""
-    ratios = ladder_ratios(360, 640, 0.75)  # [0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25]
-    engine = SlowEngine(fixed_ms=12.0, per_ratio2_ms=160.0)  # 0.75 → 102 ms, 0.4 → 37.6, 0.3 → 26.4
+    ratios = ladder_ratios(360, 640, 0.75)  # [0.75, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4]
+    engine = SlowEngine(fixed_ms=6.0, per_ratio2_ms=140.0)  # 0.75 → 84.8 ms, 0.45 → 34.4, 0.4 → 28.4
     gov = Governor(ratios, interval_ms=1000 / 30)
     _, decisions = drive(gov, engine, 12.0)
-    assert [d.ratio for _, d in decisions] == [0.4, 0.3]  # was 0.7, 0.6, 0.5, 0.4, 0.3: five dwells
-    assert decisions[0][0] < gov.dwell_s + 0.5
+    assert [d.ratio for _, d in decisions] == [0.45, 0.4]  # not 0.7, 0.6, 0.55, ...: one dwell per rung
+    # a cold start decides after its warm-up and a few measured frames (a short calibration), not a dwell
+    assert decisions[0][0] < 0.5 and decisions[1][0] - decisions[0][0] >= gov.dwell_s
+
+
+def test_at_the_floor_it_drops_frames_and_says_so_never_going_lower():
+    """Even the floor cannot hold 30 fps on this (modelled) machine: the governor stays at the floor, says so
+    once, and says once when the floor holds again; quality never falls off the cliff below it."""
+    ratios = ladder_ratios(720, 1280, 0.375)
+    engine = SlowEngine(fixed_ms=30.0, per_ratio2_ms=400.0)  # the floor (0.2) → 46 ms > 33
+    gov = Governor(ratios, interval_ms=1000 / 30)
+    seen = []
+    t = 0.0
+    for _ in range(3):  # 30 s, three ways of looking at the same run
+        t, events = drive(gov, engine, 10.0, t0=t, kind=object)
+        seen += [e for _, e in events]
+        assert gov.ratio >= ratios[-1] - 1e-9
+    floor_events = [e for e in seen if isinstance(e, QualityFloor)]
+    assert gov.ratio == ratios[-1] and gov.overloaded
+    assert [(e.overloaded, e.ratio) for e in floor_events] == [(True, ratios[-1])]  # said once, not per frame
+    assert floor_events[0].step_ms > floor_events[0].limit_ms
+    engine.load = 0.5  # the other program goes: the floor holds again, said once
+    t, events = drive(gov, engine, 2.5, t0=t, kind=QualityFloor)
+    assert [e.overloaded for _, e in events] == [False] and not gov.overloaded
+
+
+def test_a_settled_rung_is_remembered_and_the_next_start_begins_there(tmp_path):
+    memory = RungMemory(tmp_path / "governor.json")
+    ratios = ladder_ratios(720, 1280, 0.375)
+    engine = SlowEngine(fixed_ms=8.0, per_ratio2_ms=300.0)  # settles at 0.275
+    gov = Governor(ratios, interval_ms=1000 / 30, memory=memory, memory_key="onnxruntime/fast/1280x720@30")
+    drive(gov, engine, 30.0)
+    settled = gov.ratio
+    assert settled < ratios[0] and memory.recall("onnxruntime/fast/1280x720@30") == settled
+    again = Governor(ratios, interval_ms=1000 / 30, memory=RungMemory(tmp_path / "governor.json"),
+                     memory_key="onnxruntime/fast/1280x720@30")
+    assert again.ratio == settled  # the next start: no seconds spent at rungs this machine cannot hold
+    _, changes = drive(again, engine, 10.0)
+    assert changes == []
+    other = Governor(ratios, interval_ms=1000 / 30, memory=memory, memory_key="torch/fast/1280x720@30")
+    assert other.ratio == ratios[0]  # another kind of stream starts at the top
+    assert RungMemory(None).recall("x") is None  # off: nothing recalled (and nothing written)
 
 
 def test_governor_keeps_a_fast_stream_at_the_top():
@@ -144,18 +198,10 @@ def test_resize_state_gives_the_shapes_the_network_makes(mobilenet, carphone_fra
     assert [a.shape for a in as_numpy] == [tuple(r.shape) for r in expected]
 
 
-def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_frames, monkeypatch, caplog):
-    """The real daemon on a realtime 640x360 source, with the real engine slowed down (as another program
-    taking the CPU would): the governor steps down, and stats, metrics and the log say so."""
-    import time
-
+def clip_360p(tmp_path, carphone_frames):
+    """The demo clip at 640x360, 60 frames, H.264."""
     import av
     import cv2
-    from helpers import RecordingSink
-
-    from rvm_live.config import Config
-    from rvm_live.runtime.daemon import Daemon
-    from rvm_live.serve.control import ControlServer
 
     clip = tmp_path / "360p.mp4"
     with av.open(str(clip), "w") as out:
@@ -165,6 +211,21 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
             frame = av.VideoFrame.from_ndarray(cv2.resize(image, (640, 360)), format="rgb24")
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
+    return clip
+
+
+def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_frames, monkeypatch, caplog):
+    """The real daemon on a realtime 640x360 source, with the real engine slowed down (as another program
+    taking the CPU would): the governor steps down, and stats, metrics and the log say so."""
+    import time
+
+    from helpers import RecordingSink
+
+    from rvm_live.config import Config
+    from rvm_live.runtime.daemon import Daemon
+    from rvm_live.serve.control import ControlServer
+
+    clip = clip_360p(tmp_path, carphone_frames)
     config = Config(source=str(clip), realtime=True, loop=True, fullres="fast", engine="onnxruntime")
     sink = RecordingSink("live", live=True)
     daemon = Daemon(config, sinks=[sink])
@@ -196,3 +257,50 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
                                     changes[0]), caplog.text
     sizes = {f.image.shape for _, f in sink.frames}
     assert sizes == {(360, 640, 3)}  # the output keeps its size whatever the internal one
+
+
+@pytest.mark.slow
+def test_a_machine_too_slow_even_for_the_floor_drops_frames_not_quality(tmp_path, carphone_frames, monkeypatch,
+                                                                        caplog):
+    """The real daemon, its real engine slowed so that even the floor takes ~100 ms a frame: the stream goes to
+    the floor and no lower, keeps delivering frames (the live queue drops the rest), and stats and the log say
+    it is dropping frames at the floor."""
+    import time
+
+    from helpers import RecordingSink
+
+    from rvm_live.config import Config
+    from rvm_live.runtime.daemon import Daemon
+
+    config = Config(source=str(clip_360p(tmp_path, carphone_frames)), realtime=True, loop=True, fullres="fast",
+                    engine="onnxruntime")
+    sink = RecordingSink("live", live=True)
+    daemon = Daemon(config, sinks=[sink])
+    real = daemon.engine.infer
+
+    def slowed(images, states):
+        time.sleep(0.1)  # whatever the ratio: another program has the CPU
+        return real(images, states)
+
+    monkeypatch.setattr(daemon.engine, "infer", slowed)
+    caplog.set_level("INFO", logger="rvm_live")
+    ratios_seen = set()
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not daemon.stats()["quality_floor_overloaded"] and time.monotonic() < deadline:
+            ratios_seen.add(daemon.stats()["downsample_ratio"])
+            time.sleep(0.05)
+        stats = daemon.stats()
+        frames_then = len(sink.frames)
+        while len(sink.frames) < frames_then + 10 and time.monotonic() < deadline:
+            time.sleep(0.05)  # still delivering at the floor
+    finally:
+        daemon.stop()
+        daemon.wait(10)
+        daemon.close()
+    floor = ladder_ratios(360, 640, 0.75)[-1]
+    assert stats["quality_floor_overloaded"] is True and stats["downsample_ratio"] == floor
+    assert min(r for r in ratios_seen if r is not None) >= floor  # never below the floor on the way
+    assert len(sink.frames) >= frames_then + 10 and stats["frames_dropped"] > 0
+    assert "quality: at the floor (downsample 0.4)" in caplog.text and "dropping frames" in caplog.text
