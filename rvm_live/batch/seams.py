@@ -19,11 +19,12 @@ import numpy as np
 
 from ..config import Config
 from ..frame import Frame
+from ..io.sinks.base import SinkBase
 from .plan import Probe, Window, probe
 from .segments import SegmentSource, WarmupDrop
 
 
-class AlphaSink:
+class AlphaSink(SinkBase):
     """An output that keeps each frame's alpha (0..1) by timestamp, instead of encoding it."""
 
     name, live, accepts_alpha = "alpha", False, True
@@ -37,10 +38,6 @@ class AlphaSink:
     def write(self, frame: Frame) -> None:
         alpha = frame.alpha if frame.alpha is not None else frame.image[..., 3]
         self.alpha[round(frame.pts, 6)] = alpha.astype(np.float32) / 255.0
-
-    def close(self) -> None:
-        pass
-
 
 def matte_window(clip: str, window: Window, config: Config, engine: Any) -> list[np.ndarray]:
     """The alpha of every frame ``window`` keeps (warm-up dropped), in order, through the daemon."""

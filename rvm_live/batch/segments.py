@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config import Config
 from ..errors import MediaError, one_line
 from ..frame import Frame
 from ..io._av import av
-from ..io.sinks.base import Sink
+from ..io.sinks.base import Sink, SinkBase
 from ..io.sinks.stream import file_plan
 from ..io.sources.stream import StreamSource
 from .plan import Window
@@ -69,7 +70,7 @@ class SegmentSource(StreamSource):
             return image
 
 
-class WarmupDrop:
+class WarmupDrop(SinkBase):
     """An output that passes on only the frames at or after ``start`` (seconds): the warm-up frames
     brought the recurrent state up to speed and are not part of the segment."""
 
@@ -89,11 +90,10 @@ class WarmupDrop:
         self.sink.write(frame)
 
     def abort(self, reason: str = "the run failed") -> None:
-        abort = getattr(self.sink, "abort", None)
-        if abort is not None:
-            abort(reason)
-        else:
-            self.sink.close()
+        self.sink.abort(reason)
+
+    def cancel_on(self, event: threading.Event) -> None:
+        self.sink.cancel_on(event)
 
     def close(self) -> None:
         self.sink.close()

@@ -123,8 +123,8 @@ def decode_frames(path: Path, count: int) -> list[np.ndarray]:
 
 
 def reference_alphas(frames: list[np.ndarray], *, threads: int | None) -> list[np.ndarray]:
-    """uint8 alpha of every frame from the exact path at fixed quality: the official export (``Matter``'s
-    onnxruntime engine; torch where onnxruntime is missing) at the auto ratio, every frame in order."""
+    """uint8 alpha of every frame from the exact path at fixed quality (the runtime ``auto`` picks for a file
+    job) at the auto ratio, every frame in order."""
     import torch
 
     from ..compositing.backgrounds import parse_background
@@ -134,8 +134,9 @@ def reference_alphas(frames: list[np.ndarray], *, threads: int | None) -> list[n
 
     if threads:
         torch.set_num_threads(threads)
+    # the exact path's runtime: what auto picks for a file job on the CPU (it runs every frame, in order)
     engine = Engine("mobilenetv3", device="cpu",
-                    runtime=pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu")))
+                    runtime=pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"), live=False))
     state, plans = engine.new_state(), [RenderPlan(parse_background("green"))]
     return [engine.render(engine.infer([frame], [state]), plans)[0].alpha.copy() for frame in frames]
 

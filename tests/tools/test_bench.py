@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from rvm_live.engine.loading import pick_engine
 from rvm_live.tools import bench
 from rvm_live.tools.feedback import load_report, load_warning
 
@@ -52,11 +54,12 @@ def test_main_prints_json_with_skipped_sections(capsys):
 
 
 def test_report_names_the_engines_auto_picks_and_the_load(report):
-    assert report["settings"]["auto_engine"] == {"live": "onnxruntime", "file": "torch"}
+    live_auto = pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))  # openvino-bf16 or ort
+    assert report["settings"]["auto_engine"] == {"live": live_auto, "file": "torch"}
     assert report["end_to_end"]["engine"] == "torch"  # a file job
     assert set(report["load"]) == {"before", "after", "cores", "busy"}
     text = bench.format_report(report)
-    assert "--engine auto picks onnxruntime for live sources and torch for file jobs" in text
+    assert f"--engine auto picks {live_auto} for live sources and torch for file jobs" in text
     assert "end-to-end (torch)" in text and "can exceed the model's" in text
 
 

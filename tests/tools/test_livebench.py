@@ -8,7 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
+from rvm_live.engine.loading import pick_engine
 from rvm_live.tools.livebench import CpuHog, fidelity, format_live_report, ratio_timeline, run_live_bench, steady_fps
 
 
@@ -19,10 +21,11 @@ def test_live_bench_reports_fps_latency_ratio_and_fidelity():
     assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
     assert report["ratio_over_time"][0][1] == 1.0  # auto ratio at this size
     assert report["cores_used"] > 0 and report["cpu_ms_per_frame_out"] > 0
-    assert report["settings"]["engine"] == "auto" and report["settings"]["engine_used"] == "onnxruntime"
+    live_auto = pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))  # openvino-bf16 or ort
+    assert report["settings"]["engine"] == "auto" and report["settings"]["engine_used"] == live_auto
     assert set(report["load"]) == {"before", "after", "cores", "busy"}
     text = format_live_report(report)
-    assert "engine auto (onnxruntime)" in text and "% of pixels off by more than 0.5" in text
+    assert f"engine auto ({live_auto})" in text and "% of pixels off by more than 0.5" in text
     fid = report["fidelity"]
     if fid["frames"]:  # a frame among the first four came out (under heavy load all may be dropped)
         assert fid["mean_abs_alpha"] < 0.05  # same ratio as the fixed-quality run; only dropped frames differ

@@ -189,9 +189,9 @@ def test_a_clip_whose_package_is_missing_is_skipped_with_the_reason(monkeypatch)
 def test_settings_cover_the_ladder_extras_engines_peer_and_baselines():
     rows = quality.settings_for(360, 640, ["onnxruntime", "torch", "mediapipe"])
     sizes = {quality.internal_size(360, 640, s.ratio) for s in rows if s.role == "ladder"}
-    assert sizes == {"480x270", "448x251", "384x216", "320x180", "256x144", "192x108", "160x90"}
+    assert sizes == {"480x270", "448x251", "384x216", "352x198", "320x180", "288x162", "256x144"}
     extras = {quality.internal_size(360, 640, s.ratio) for s in rows if s.role == "extra"}
-    assert extras == {"640x360", "528x297", "512x288", "496x279", "272x153", "240x135"}
+    assert extras == {"640x360", "528x297", "512x288", "496x279", "272x153", "240x135", "192x108", "160x90"}
     combos = {(s.engine, s.fullres) for s in rows if s.role == "engines"}
     assert combos == {("onnxruntime", "exact"), ("torch", "fast"), ("torch", "exact")}
     assert [s.engine for s in rows if s.role in ("peer", "baseline")] == ["mediapipe", "alpha=0", "alpha=1"]
