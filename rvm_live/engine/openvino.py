@@ -64,8 +64,11 @@ class OpenVinoCoefficients:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             self._core.set_property({"CACHE_DIR": str(cache_dir)})
+        # no pinning: with another program busy on one core (a video-call app), a worker pinned there stalls
+        # every layer; measured on 2 cores with a busy loop on core 0, 256x144: 99.6 ms pinned, 44.2 unpinned
+        # (12.8-13.0 ms both on idle cores; onnxruntime 39.3 and 22.2). BENCHMARKS.md, "A faster CPU network".
         self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                        "PERFORMANCE_HINT": "LATENCY"}
+                        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         model = lowres_model(path)
