@@ -45,6 +45,24 @@ def corrupt_clip(path) -> str:
     return str(path)
 
 
+MS_PER_FRAME = (0.1, 60_000.0)  # any machine takes more than 0.1 ms and less than a minute for one frame
+
+
+def assert_plausible_ms(latency_ms: dict) -> None:
+    """Per-frame times in ms that hang together: every figure within ``MS_PER_FRAME``, p50 <= p95 <= max."""
+    low, high = MS_PER_FRAME
+    assert all(low <= value <= high for value in latency_ms.values()), latency_ms
+    assert latency_ms["p50"] <= latency_ms["p95"] <= latency_ms.get("max", latency_ms["p95"]), latency_ms
+
+
+def assert_timed_row(row: dict, frames: int) -> None:
+    """A benchmark's timed section: ``frames`` frames, plausible per-frame times, and an fps that is the frames
+    over their total time (1000 / mean ms)."""
+    assert row["frames"] == frames, row
+    assert_plausible_ms(row["latency_ms"])
+    assert row["fps"] == pytest.approx(1000 / row["latency_ms"]["mean"], rel=0.01), row
+
+
 class FakeController(ControllerBase):
     """Records what the API asked for; ``fail_with`` makes the next set_background raise."""
 
