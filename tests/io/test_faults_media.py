@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from media import decode_file
+from helpers import DaemonProcess, start_cli, write_frames
+from media import decode_file, wait_until
 
 from rvm_live.io.sources.stream import StreamSource
 
 
 def write_faststart(path, n=60, size=64):
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
-        stream = c.add_stream("libx264", rate=30)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            image = np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8)
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        c.mux(stream.encode(None))
+    noise = [np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8) for i in range(n)]
+    write_frames(path, noise, rate=30, container_options={"movflags": "faststart"})
 
 
 def read_all(source) -> int:
@@ -55,11 +47,6 @@ def test_a_truncated_file_warns_with_its_declared_length(tmp_path, caplog):
     assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
 
 
-def rvm(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rvm_live", *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
-
-
 def wait_for_output(proc) -> None:
     for line in proc.stderr:
         if "output " in line and " fps" in line:
@@ -70,12 +57,9 @@ def wait_for_output(proc) -> None:
 def test_a_killed_job_loses_at_most_its_last_seconds(tmp_path, carphone_path, official_onnx_path, suffix):
     """SIGKILL, no chance to finalise anything: the ``.part`` plays, and holds every frame but the last
     fragment or cluster (a second) and what the encoder still held."""
-    from daemon import Daemon
-    from media import wait_until
-
     out = tmp_path / f"out{suffix}"
     part = tmp_path / f"out{suffix}.part"
-    with Daemon("--source", str(carphone_path), "--loop", "-o", str(out)) as daemon:
+    with DaemonProcess("--source", str(carphone_path), "--loop", "-o", str(out)) as daemon:
         def written() -> int:
             return daemon.get("/stats")["sinks"][str(out)]["frames"]
 
@@ -92,7 +76,7 @@ def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, 
                                                                         official_onnx_path):
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
     out.write_bytes(b"an earlier, complete result")
-    proc = rvm("--source", str(carphone_path), "--realtime", "-o", str(out), "--stats-json", str(stats))
+    proc = start_cli("--source", str(carphone_path), "--realtime", "-o", str(out), "--stats-json", str(stats))
     try:
         wait_for_output(proc)
         time.sleep(1)

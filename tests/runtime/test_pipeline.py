@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import RecordingSink
+from helpers import RecordingSink, solid_frames, write_frames
 from media import Peer, decode_file, free_port, receive
 
 from rvm_live.compositing.backgrounds import composite, parse_background
@@ -230,21 +230,13 @@ def test_default_outputs():
 @pytest.fixture(scope="module")
 def background_files(tmp_path_factory):
     """A striped image and a two-colour video, made here, as backgrounds."""
-    import av
     import cv2
 
     folder = tmp_path_factory.mktemp("bg")
     image = np.zeros((60, 80, 3), np.uint8)
     image[:] = (0, 0, 255)  # BGR: red
     cv2.imwrite(str(folder / "red.png"), image)
-    with av.open(str(folder / "blue.mp4"), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(3):
-            frame = np.zeros((48, 64, 3), np.uint8)
-            frame[:] = (0, 0, 255)  # RGB: blue
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    write_frames(folder / "blue.mp4", solid_frames([(0, 0, 255)] * 3, (48, 64)), rate=30)  # RGB: blue
     return folder
 
 
