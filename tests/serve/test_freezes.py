@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import Feeder, TapController, read_all, request
+from helpers import Feeder, read_all, request
 
 from rvm_live.serve import web
 
@@ -18,16 +18,8 @@ DEADLINE_S = 2.0
 
 
 @pytest.fixture
-def controller():
-    return TapController()
-
-
-@pytest.fixture
-def server(controller, start_control):
-    srv = start_control(controller, request_deadline_s=DEADLINE_S)
-    with Feeder(controller.tap):
-        yield srv
-    controller.tap.close()
+def server_options():
+    return {"request_deadline_s": DEADLINE_S}
 
 
 def api_answers(server) -> None:

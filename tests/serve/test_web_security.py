@@ -42,16 +42,8 @@ def browser():
 
 
 @pytest.fixture
-def controller():
-    return TapController()
-
-
-@pytest.fixture
-def server(controller, start_control):
-    srv = start_control(controller)
-    with Feeder(controller.tap, fps=30):
-        yield srv
-    controller.tap.close()
+def feed_fps():
+    return 30.0
 
 
 @pytest.fixture
