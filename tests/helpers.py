@@ -4,8 +4,10 @@ checks for benchmark figures. Real media and real peers live in ``media.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,10 @@ from rvm_live.io.sinks.base import SinkBase
 from rvm_live.serve.controller import ControllerBase
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+# Debian's chromium package (.ci/run installs it); the browser tests skip without it
+CHROMIUM = os.environ.get("RVM_LIVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def cli_env(*, offline: bool = True) -> dict[str, str]:
@@ -46,6 +52,21 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     """``python -m rvm_live ARGS`` started, with its stderr piped as text (read it to follow the run)."""
     return subprocess.Popen([sys.executable, "-m", "rvm_live", *args], stderr=subprocess.PIPE, text=True,
                             env=cli_env())
+
+
+@contextlib.contextmanager
+def chromium(*extra_args: str) -> Any:
+    """Real headless Chromium through Playwright (``CHROMIUM_FLAGS`` plus ``extra_args``), closed at the end;
+    skips the test where Chromium or Playwright is missing."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium executable (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *extra_args], headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 class DaemonProcess:
@@ -141,15 +162,15 @@ class DaemonProcess:
 
 
 def write_frames(target: Any, frames: Any, *, rate: int = 10, crf: int | None = None, fmt: str | None = None,
-                 container_options: dict[str, str] | None = None) -> str:
-    """Encode ``frames`` (H x W x 3 RGB uint8, all one size) as H.264 at ``rate`` fps into ``target``: a path
-    (its folder is made) or, with ``fmt``, a file object. Returns ``str(target)``."""
+                 container_options: dict[str, str] | None = None, codec: str = "libx264") -> str:
+    """Encode ``frames`` (H x W x 3 RGB uint8, all one size) with ``codec`` at ``rate`` fps into ``target``: a
+    path (its folder is made) or, with ``fmt``, a file object. Returns ``str(target)``."""
     frames = list(frames)
     if isinstance(target, (str, Path)):
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         target = str(target)
     with av.open(target, "w", format=fmt, options=container_options or {}) as c:
-        stream = c.add_stream("libx264", rate=rate, options={"crf": str(crf)} if crf is not None else {})
+        stream = c.add_stream(codec, rate=rate, options={"crf": str(crf)} if crf is not None else {})
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         for image in frames:

@@ -17,9 +17,22 @@ from media import decode_file, wait_until
 from rvm_live.io.sources.stream import StreamSource
 
 
-def write_faststart(path, n=60, size=64):
-    noise = [np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8) for i in range(n)]
-    write_frames(path, noise, rate=30, container_options={"movflags": "faststart"})
+def write_noise(path, *, codec: str = "libx264", container_options: dict[str, str] | None = None) -> None:
+    """60 frames of 64x64 noise at 30 fps: every frame costs bytes, so half the file holds about half of them."""
+    noise = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8) for i in range(60)]
+    write_frames(path, noise, rate=30, codec=codec, container_options=container_options)
+
+
+def assert_truncation_is_said(path, caplog) -> None:
+    """Whole, ``path`` reads its 60 frames quietly; cut in half, it reads fewer and says how many of the 60."""
+    assert read_all(StreamSource(str(path))) == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    caplog.clear()
+    n = read_all(StreamSource(str(path)))
+    assert 0 < n < 60
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
 
 
 def read_all(source) -> int:
@@ -35,16 +48,8 @@ def read_all(source) -> int:
 
 def test_a_truncated_file_warns_with_its_declared_length(tmp_path, caplog):
     path = tmp_path / "cut.mp4"
-    write_faststart(path)
-    whole = read_all(StreamSource(str(path)))
-    assert whole == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    caplog.clear()
-    n = read_all(StreamSource(str(path)))
-    assert 0 < n < 60
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
+    write_noise(path, container_options={"movflags": "faststart"})
+    assert_truncation_is_said(path, caplog)
 
 
 def wait_for_output(proc) -> None:
@@ -191,19 +196,6 @@ def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, m
 @pytest.mark.parametrize("suffix", [".mkv", ".webm"])
 def test_a_truncated_matroska_file_warns_with_its_declared_length(tmp_path, caplog, suffix):
     path = tmp_path / f"cut{suffix}"
-    with av.open(str(path), "w") as c:  # Matroska keeps no frame count, and its duration only in the container
-        stream = c.add_stream("libx264" if suffix == ".mkv" else "libvpx-vp9", rate=30)
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        for i in range(60):
-            image = np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8)
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        c.mux(stream.encode(None))
-    assert read_all(StreamSource(str(path))) == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    caplog.clear()
-    n = read_all(StreamSource(str(path)))
-    assert 0 < n < 60
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
+    # Matroska keeps no frame count, and its duration only in the container
+    write_noise(path, codec="libx264" if suffix == ".mkv" else "libvpx-vp9")
+    assert_truncation_is_said(path, caplog)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,13 +16,10 @@ import av
 import cv2
 import numpy as np
 import pytest
-from helpers import DaemonProcess
+from helpers import DaemonProcess, chromium
 from PIL import Image
 
 TOKEN = "web-e2e-token"
-CHROMIUM = os.environ.get("RVM_LIVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-ui.png"
 BLUE, BLUE_HEX = (42, 111, 219), "#2a6fdb"
 
@@ -42,13 +38,8 @@ def daemon(carphone_path, official_onnx_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium executable (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
