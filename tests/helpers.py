@@ -1,33 +1,192 @@
-"""Helpers shared by the tests: a recording sink, a fake controller with a real HTTP request helper, and
-clips made on the fly (clean and corrupt). Real media and real peers live in ``media.py``."""
+"""Helpers shared by the tests: the CLI run to its end, the real daemon in a child process, a recording sink, a
+fake controller with a real HTTP request helper, clips made on the fly (clean and corrupt), and plausibility
+checks for benchmark figures. Real media and real peers live in ``media.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
+from media import free_port
 
 from rvm_live.io.sinks.base import SinkBase
 from rvm_live.serve.controller import ControllerBase
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+# Debian's chromium package (.ci/run installs it); the browser tests skip without it
+CHROMIUM = os.environ.get("RVM_LIVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def cli_env(*, offline: bool = True) -> dict[str, str]:
+    """The environment of a ``python -m rvm_live`` child: this checkout first on the path, and offline (the
+    tests' fixtures cache the weights and the clip; a child never goes to the network) unless told not to."""
+    path = os.pathsep.join(p for p in (str(CHECKOUT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **({"RVM_LIVE_OFFLINE": "1"} if offline else {})}
+
+
+def run_cli(*args: str, timeout: float = 300, cwd: str | Path | None = None, prefix: tuple[str, ...] = (),
+            offline: bool = True) -> subprocess.CompletedProcess[str]:
+    """``python -m rvm_live ARGS`` run to its end (under ``prefix``, e.g. a ``prlimit``), output captured as text."""
+    return subprocess.run([*prefix, sys.executable, "-m", "rvm_live", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=cli_env(offline=offline))
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """``python -m rvm_live ARGS`` started, with its stderr piped as text (read it to follow the run)."""
+    return subprocess.Popen([sys.executable, "-m", "rvm_live", *args], stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+
+
+@contextlib.contextmanager
+def chromium(*extra_args: str) -> Any:
+    """Real headless Chromium through Playwright (``CHROMIUM_FLAGS`` plus ``extra_args``), closed at the end;
+    skips the test where Chromium or Playwright is missing."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium executable (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *extra_args], headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class DaemonProcess:
+    """``python -m rvm_live ARGS --control 127.0.0.1:PORT`` (``token``: with ``--control-token``); entering waits
+    until the control API is up. Its stderr is read into ``stderr`` up to then and at the stop; ``log_path``
+    sends stdout and stderr to that file instead (a daemon kept up for a whole module logs more than a pipe
+    holds)."""
+
+    def __init__(self, *args: str, token: str | None = None, log_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token, self.log_path = token, log_path
+        self.args = [*args, "--control", f"127.0.0.1:{self.port}", *(["--control-token", token] if token else [])]
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> DaemonProcess:
+        cmd = [sys.executable, "-m", "rvm_live", *self.args]
+        if self.log_path is None:
+            self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=cli_env())
+            lines = []
+            for line in self.proc.stderr:
+                lines.append(line)
+                if "control API on" in line:
+                    break
+            self.stderr = "".join(lines)
+            return self
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=cli_env())
+        deadline = time.monotonic() + 120
+        while "control API on" not in self.log() and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self
+
+    def log(self) -> str:
+        """What the daemon wrote so far (the log file, or the stderr read so far)."""
+        return self.log_path.read_text(errors="replace") if self.log_path is not None else self.stderr
+
+    def _request(self, path: str, body: Any = None, timeout: float = 10) -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if body is not None else "GET",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def get(self, path: str) -> dict[str, Any]:
+        """GET ``path`` as JSON (any status)."""
+        return self._request(path)[1]
+
+    def post(self, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` as JSON to ``path``: (status, JSON)."""
+        return self._request(path, body, timeout=30)
+
+    def wait_stats(self, check: Callable[[dict[str, Any]], bool], within: float = 60.0) -> dict[str, Any]:
+        """Poll /stats until ``check`` holds; fails with the last stats and the daemon's log."""
+        deadline, stats = time.monotonic() + within, {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log()[-2000:]}")
+            try:
+                stats = self.get("/stats")
+            except (urllib.error.URLError, ConnectionError):
+                stats = {}
+            if stats and check(stats):
+                return stats
+            time.sleep(0.25)
+        pytest.fail(f"stats never matched within {within:g} s: {stats}\n{self.log()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` and wait for the exit; returns the exit status (stderr is in ``self.stderr``)."""
+        self.proc.send_signal(sig)
+        self._finish(timeout)
+        return self.proc.returncode
+
+    def _finish(self, timeout: float | None) -> None:
+        if self.log_path is None:
+            self.stderr += self.proc.communicate(timeout=timeout)[1]
+        else:
+            self.proc.wait(timeout=timeout)
+            self.stderr = self.log()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:  # not stopped by the test: killed, its log kept
+            self.proc.kill()
+            self._finish(None)
+
+
+def write_frames(target: Any, frames: Any, *, rate: int = 10, crf: int | None = None, fmt: str | None = None,
+                 container_options: dict[str, str] | None = None, codec: str = "libx264") -> str:
+    """Encode ``frames`` (H x W x 3 RGB uint8, all one size) with ``codec`` at ``rate`` fps into ``target``: a
+    path (its folder is made) or, with ``fmt``, a file object. Returns ``str(target)``."""
+    frames = list(frames)
+    if isinstance(target, (str, Path)):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        target = str(target)
+    with av.open(target, "w", format=fmt, options=container_options or {}) as c:
+        stream = c.add_stream(codec, rate=rate, options={"crf": str(crf)} if crf is not None else {})
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for image in frames:
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        c.mux(stream.encode(None))
+    return str(target)
+
+
+def solid_frames(colours: Any, size: tuple[int, int] = (32, 32)) -> list[np.ndarray]:
+    """One ``size`` (height, width) frame of each RGB colour (or grey level) in ``colours``."""
+    return [np.full((*size, 3), colour, np.uint8) for colour in colours]
+
 
 def write_clip(path, n=40, size=32) -> str:
     """``n`` frames whose grey level rises with the index (frame i is 6*i)."""
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((size, size, 3), 6 * i, np.uint8),
-                                                           format="rgb24")))
-        c.mux(stream.encode(None))
-    return str(path)
+    return write_frames(path, solid_frames([6 * i for i in range(n)], (size, size)))
 
 
 def corrupt_clip(path) -> str:
@@ -43,6 +202,24 @@ def corrupt_clip(path) -> str:
             decoded += 1
     assert decoded >= 1
     return str(path)
+
+
+MS_PER_FRAME = (0.1, 60_000.0)  # any machine takes more than 0.1 ms and less than a minute for one frame
+
+
+def assert_plausible_ms(latency_ms: dict) -> None:
+    """Per-frame times in ms that hang together: every figure within ``MS_PER_FRAME``, p50 <= p95 <= max."""
+    low, high = MS_PER_FRAME
+    assert all(low <= value <= high for value in latency_ms.values()), latency_ms
+    assert latency_ms["p50"] <= latency_ms["p95"] <= latency_ms.get("max", latency_ms["p95"]), latency_ms
+
+
+def assert_timed_row(row: dict, frames: int) -> None:
+    """A benchmark's timed section: ``frames`` frames, plausible per-frame times, and an fps that is the frames
+    over their total time (1000 / mean ms)."""
+    assert row["frames"] == frames, row
+    assert_plausible_ms(row["latency_ms"])
+    assert row["fps"] == pytest.approx(1000 / row["latency_ms"]["mean"], rel=0.01), row
 
 
 class FakeController(ControllerBase):

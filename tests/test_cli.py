@@ -11,17 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from media import decode_file
 
 from rvm_live.cli import ConfigSource, summary_line
 from rvm_live.config import Config, load_toml, preset_names
 from rvm_live.errors import ConfigError
-
-
-def rvm_live(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RVM_LIVE_OFFLINE": "1"}  # tests use the cached weights; never the network
-    return subprocess.run([sys.executable, "-m", "rvm_live", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,7 +26,7 @@ def assets_cached(official_onnx_path, carphone_path):
 
 def test_demo_job_writes_file_and_stats(tmp_path):
     stats_path = tmp_path / "stats.json"
-    proc = rvm_live("--source", "demo", "-o", "demo.mp4", "--side-by-side", "--max-frames", "24",
+    proc = run_cli("--source", "demo", "-o", "demo.mp4", "--side-by-side", "--max-frames", "24",
                     "--stats-json", str(stats_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     frames = decode_file(tmp_path / "demo.mp4")
@@ -58,7 +53,7 @@ def test_summary_counts_add_up():
 
 
 def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
-    proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
+    proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
     assert proc.returncode == 0 and "(torch runtime" in proc.stderr, proc.stderr
 
 
@@ -75,7 +70,7 @@ def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
     (["--source", "ftp://example.invalid/x", "-o", "x.mp4"], "ftp", 2),
 ])
 def test_bad_input_is_one_line_naming_the_culprit(tmp_path, args, culprit, code):
-    proc = rvm_live(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and culprit in errors[0], proc.stderr
@@ -85,7 +80,7 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, args, culprit, code)
 @pytest.mark.parametrize("live", [False, True])
 def test_missing_onnx_weights_is_one_line(tmp_path, live):
     realtime = ["--realtime"] if live else []  # live: the fast full-resolution path loads the export itself
-    proc = rvm_live("--weights", str(tmp_path / "nonexistent.onnx"), *realtime, "--max-frames", "2", "-o", "null",
+    proc = run_cli("--weights", str(tmp_path / "nonexistent.onnx"), *realtime, "--max-frames", "2", "-o", "null",
                     cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -95,14 +90,14 @@ def test_missing_onnx_weights_is_one_line(tmp_path, live):
 def test_corrupt_file_is_named(tmp_path, carphone_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(carphone_path.read_bytes()[:2000] + os.urandom(5000))
-    proc = rvm_live("--source", str(corrupt), "-o", "x.mp4", cwd=tmp_path)
+    proc = run_cli("--source", str(corrupt), "-o", "x.mp4", cwd=tmp_path)
     assert proc.returncode != 0 and "corrupt.mp4" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_config_key_is_named(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('bg = "green"\nbackgroud = "red"\n')
-    proc = rvm_live("--config", str(cfg), cwd=tmp_path)
+    proc = run_cli("--config", str(cfg), cwd=tmp_path)
     assert proc.returncode == 2 and "backgroud" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -163,28 +158,36 @@ def test_flags_override_the_config_file(tmp_path):
 
 
 def test_devices_and_doctor_run():
-    devices = rvm_live("devices")
+    devices = run_cli("devices")
     assert devices.returncode == 0 and "cameras" in devices.stdout and "virtual cameras" in devices.stdout
-    doctor = rvm_live("doctor")
-    # no v4l2loopback on CI: the doctor fails and prints the exact fix line
-    if doctor.returncode != 0:
-        assert "modprobe v4l2loopback devices=1 exclusive_caps=1" in doctor.stdout
+    doctor = run_cli("doctor")
     assert "Traceback" not in doctor.stderr
+    # one [ok]/[FAIL] line per check; the exit status says whether any failed (no v4l2loopback on CI: it does)
+    checks = [line for line in doctor.stdout.splitlines() if line.startswith(("[ok] ", "[FAIL] "))]
+    assert any("v4l2loopback module loaded" in line for line in checks), doctor.stdout
+    failed = [line for line in checks if line.startswith("[FAIL] ")]
+    assert doctor.returncode == (1 if failed else 0), doctor.stdout
+    # the module's line fails exactly when the module is not loaded, and a missing module or device comes with
+    # the exact fix line
+    loaded = Path("/sys/module/v4l2loopback").is_dir()
+    assert (f"[{'ok' if loaded else 'FAIL'}] v4l2loopback module loaded") in checks, doctor.stdout
+    needs_module = any("v4l2loopback module loaded" in line or "loopback devices present" in line for line in failed)
+    assert ("fix: sudo modprobe v4l2loopback devices=1 exclusive_caps=1" in doctor.stdout) == needs_module
 
 
 @pytest.mark.parametrize("command", ["devices", "doctor"])
 def test_helper_subcommands_print_help_instead_of_running(command):
-    proc = rvm_live(command, "--help")
+    proc = run_cli(command, "--help")
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: rvm-live {command}")
     assert "cameras:" not in proc.stdout and "[ok]" not in proc.stdout and "[FAIL]" not in proc.stdout
-    unknown = rvm_live(command, "--bogus")
+    unknown = run_cli(command, "--bogus")
     assert unknown.returncode == 2 and "--bogus" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_version_is_the_package_version():
     from rvm_live import __version__
 
-    proc = rvm_live("--version")
+    proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"rvm-live {__version__}"
 
 
@@ -196,7 +199,7 @@ def test_every_flag_has_a_description():
 
 
 def test_an_unknown_preset_lists_the_shipped_ones(tmp_path):
-    proc = rvm_live("--config", "defualt", cwd=tmp_path)
+    proc = run_cli("--config", "defualt", cwd=tmp_path)
     assert proc.returncode == 2 and "defualt" in proc.stderr and all(n in proc.stderr for n in preset_names())
 
 
@@ -255,7 +258,7 @@ def test_reloading_the_config_keeps_the_command_line_on_top(tmp_path):
 
 
 def test_unwritable_stats_json_fails_the_run(tmp_path):
-    proc = rvm_live("--source", "demo", "-o", "null", "--max-frames", "2", "--stats-json",
+    proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "2", "--stats-json",
                     str(tmp_path / "missing-dir" / "s.json"), cwd=tmp_path)
     assert proc.returncode == 1 and "stats JSON" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -270,7 +273,7 @@ def test_unwritable_stats_json_fails_the_run(tmp_path):
 def test_bad_weights_are_one_line(tmp_path, weights, says):
     for name in ("junk.pth", "junk.onnx"):
         (tmp_path / name).write_bytes(os.urandom(3000))
-    proc = rvm_live("--source", "demo", "-o", "null", "--weights", weights, cwd=tmp_path)
+    proc = run_cli("--source", "demo", "-o", "null", "--weights", weights, cwd=tmp_path)
     assert proc.returncode == 1 and says in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
 
@@ -280,6 +283,6 @@ def test_bad_weights_are_one_line(tmp_path, weights, says):
                                               ("/dev/zero", "/dev/zero: is a device, not a video file"),
                                               ("missing.mp4", "missing.mp4: no such file")])
 def test_a_source_that_is_not_a_file_says_what_it_is(tmp_path, source, says):
-    proc = rvm_live("--source", str(tmp_path) if source == "DIR" else source, "-o", "null", cwd=tmp_path)
+    proc = run_cli("--source", str(tmp_path) if source == "DIR" else source, "-o", "null", cwd=tmp_path)
     assert proc.returncode != 0 and says in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

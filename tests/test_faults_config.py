@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
-from daemon import Daemon
+from helpers import DaemonProcess, run_cli
 
 from rvm_live.config import Config, config_from_mapping, load_toml
 from rvm_live.errors import ConfigError
@@ -66,12 +63,6 @@ def test_toml_errors_name_the_file(tmp_path):
         config_from_mapping({"mirror": "yes"}, origin="command line")
 
 
-def rvm(*args, timeout=120):
-    env = {**os.environ, "RVM_LIVE_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rvm_live", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.mark.parametrize(("args", "culprit"), [
     (["--fps", "inf"], "fps = inf"),
     (["--fps", "1e-300"], "fps = 1e-300: expected a number >= 0.1"),
@@ -79,7 +70,7 @@ def rvm(*args, timeout=120):
     (["--log-level", "loud"], "--log-level"),
 ])
 def test_cli_rejects_bad_values_in_one_line(args, culprit):
-    proc = rvm("--source", "demo", "-o", "null", *args)
+    proc = run_cli("--source", "demo", "-o", "null", *args)
     assert proc.returncode == 2 and culprit in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
@@ -89,13 +80,13 @@ def test_cli_rejects_bad_values_in_one_line(args, culprit):
 def test_bad_toml_values_are_one_line_at_start(tmp_path, line):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(line + "\n")
-    proc = rvm("--config", str(cfg))
+    proc = run_cli("--config", str(cfg))
     assert proc.returncode == 2 and "bad.toml: " + line.split(" ")[0] in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_ratio_too_small_for_the_source_is_refused(carphone_path, official_onnx_path):
-    proc = rvm("--source", str(carphone_path), "-o", "null", "--downsample", "0.1")
+    proc = run_cli("--source", str(carphone_path), "-o", "null", "--downsample", "0.1")
     assert proc.returncode == 2 and "downsample = 0.1: expected at least 0.222 for 176x144" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -103,7 +94,7 @@ def test_ratio_too_small_for_the_source_is_refused(carphone_path, official_onnx_
 def test_a_bad_sighup_config_keeps_the_daemon_running(tmp_path, carphone_path, official_onnx_path):
     cfg = tmp_path / "live.toml"
     cfg.write_text(f'source = "{carphone_path}"\nrealtime = true\nloop = true\noutputs = ["null"]\n')
-    with Daemon("--config", str(cfg)) as daemon:
+    with DaemonProcess("--config", str(cfg)) as daemon:
         cfg.write_text(cfg.read_text() + 'mask_threshold = "abc"\n')
         daemon.proc.send_signal(signal.SIGHUP)
         before = daemon.get("/stats")["frames_out"]
@@ -126,7 +117,7 @@ def two_streams(cfg, clip, bg_a, bg_b):
 def test_a_sighup_is_applied_to_every_stream_or_to_none(tmp_path, carphone_path, official_onnx_path):
     cfg = tmp_path / "two.toml"
     two_streams(cfg, carphone_path, "green", "blue")
-    with Daemon("--config", str(cfg)) as daemon:
+    with DaemonProcess("--config", str(cfg)) as daemon:
         two_streams(cfg, carphone_path, "red", tmp_path / "missing.png")  # a's is good, b's is missing
         daemon.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -150,7 +141,7 @@ def test_a_bad_part_of_stream_b_is_named_at_start(tmp_path, carphone_path, offic
         cfg.write_text(f'outputs = ["null"]\n[[streams]]\nid = "a"\nsource = "{carphone_path}"\n'
                        f'[[streams]]\nid = "b"\nsource = "{b_source}"\n'
                        + ('bg = "no-such-bg.png"\n' if fault == "bg" else ""))
-        proc = rvm("--config", str(cfg))
+        proc = run_cli("--config", str(cfg))
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("rvm-live: error: stream b: "), error

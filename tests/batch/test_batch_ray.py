@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import index_clip, rvm_live
-from helpers import corrupt_clip
+from conftest import index_clip
+from helpers import corrupt_clip, run_cli
 from media import decode_file, free_port, wait_until
 from test_batch_local import assert_same_pictures
 
@@ -97,7 +97,8 @@ def test_an_actor_killed_mid_clip_has_its_task_retried(cluster, tmp_path):
 
 def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path):
     clip = index_clip(tmp_path / "c.mp4", 3)
-    done = rvm_live("batch", clip, "-o", str(tmp_path / "out"), "--ray", f"127.0.0.1:{free_port()}", timeout=60)
+    done = run_cli("batch", clip, "-o", str(tmp_path / "out"), "--ray", f"127.0.0.1:{free_port()}", timeout=60,
+                   offline=False)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("rvm-live: error: --ray 127.0.0.1:")
     assert "no Ray cluster answers there" in done.stderr and "Traceback" not in done.stderr

@@ -5,7 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from conftest import frame_indices, index_clip, rvm_live
+from conftest import frame_indices, index_clip
+from helpers import run_cli
 
 from rvm_live.batch.segments import join
 
@@ -35,8 +36,8 @@ def test_join_copies_every_packet_unchanged_and_moves_the_timestamps_on(tmp_path
 @pytest.mark.slow
 def test_a_segmented_clip_comes_out_with_every_frame_once_and_in_order(tmp_path):
     clip = index_clip(tmp_path / "in" / "long.mp4", 45)  # three segments of 15 frames
-    done = rvm_live("batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--segment", "0.5", "--warmup", "8",
-                    "--side-by-side", "--crf", "0", "--workers", "2", "-q")
+    done = run_cli("batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--segment", "0.5", "--warmup", "8",
+                   "--side-by-side", "--crf", "0", "--workers", "2", "-q", offline=False)
     assert done.returncode == 0, done.stderr
     with av.open(str(tmp_path / "out" / "long.mp4")) as c:
         frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]

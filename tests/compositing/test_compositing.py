@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-import av
 import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import solid_frames, write_frames
 
 from rvm_live.compositing.backgrounds import (
     BlurBackground,
@@ -181,16 +181,8 @@ def test_existing_file_wins_over_colour_name(tmp_path, monkeypatch):
 
 # --- video ---------------------------------------------------------------------------------------
 
-def write_clip(path, colors, size=32) -> str:
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for rgb in colors:
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), rgb, np.uint8), format="rgb24")
-            c.mux(stream.encode(frame))
-        c.mux(stream.encode(None))
-    return str(path)
+def write_clip(path, colors) -> str:
+    return write_frames(path, solid_frames(colors))
 
 
 def test_video_background_loops_through_its_frames(tmp_path):

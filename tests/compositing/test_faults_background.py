@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import tracemalloc
 
-import av
 import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import corrupt_clip, write_clip
+from helpers import corrupt_clip, run_cli, solid_frames, write_clip, write_frames
 
 from rvm_live.compositing.backgrounds import ImageBackground, VideoBackground, cover_fit, parse_background
 from rvm_live.errors import MediaError
@@ -112,12 +109,7 @@ def test_cover_fit_enlarges_only_into_the_output_whatever_the_shape():
 
 def test_a_background_video_of_an_absurd_shape_is_refused_before_decoding(tmp_path):
     path = tmp_path / "strip.mp4"
-    with av.open(str(path), "w") as c:
-        stream = c.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 1088, 32, "yuv420p"
-        for _ in range(3):
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 1088, 3), np.uint8), format="rgb24")))
-        c.mux(stream.encode(None))
+    write_frames(path, solid_frames([0] * 3, (32, 1088)))
     with pytest.raises(MediaError, match=r"^background video .*strip.mp4: 1088x32 is too wide"):
         parse_background(str(path))
 
@@ -130,16 +122,10 @@ def test_image_is_kept_only_at_the_size_that_covers_the_output(tmp_path):
     assert bg._image.shape[:2] == (120, 160)
 
 
-def rvm(*args, timeout=300, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RVM_LIVE_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rvm_live", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
-
-
 def test_a_corrupt_background_video_does_not_stop_a_job(tmp_path, carphone_path, official_onnx_path):
     bg = corrupt_clip(tmp_path / "corrupt.mp4")
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
-    proc = rvm("--source", str(carphone_path), "--bg", bg, "--bg-fallback", "red", "-o", str(out),
+    proc = run_cli("--source", str(carphone_path), "--bg", bg, "--bg-fallback", "red", "-o", str(out),
                "--stats-json", str(stats))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("corrupt.mp4") == 1 and "Traceback" not in proc.stderr
@@ -151,7 +137,7 @@ def test_a_corrupt_background_video_does_not_stop_a_job(tmp_path, carphone_path,
 def test_an_absurdly_shaped_background_is_one_line_at_start(tmp_path, carphone_path, official_onnx_path):
     banner = tmp_path / "banner.png"
     cv2.imwrite(str(banner), np.zeros((1, 600000, 3), np.uint8))
-    proc = rvm("--source", str(carphone_path), "--bg", str(banner), "-o", "null")
+    proc = run_cli("--source", str(carphone_path), "--bg", str(banner), "-o", "null")
     assert proc.returncode == 1 and "banner.png: 600000x1 is too wide for a background" in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -4,30 +4,35 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from media import decode_file
+from helpers import DaemonProcess, start_cli, write_frames
+from media import decode_file, wait_until
 
 from rvm_live.io.sources.stream import StreamSource
 
 
-def write_faststart(path, n=60, size=64):
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
-        stream = c.add_stream("libx264", rate=30)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            image = np.random.default_rng(i).integers(0, 256, (size, size, 3), np.uint8)
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        c.mux(stream.encode(None))
+def write_noise(path, *, codec: str = "libx264", container_options: dict[str, str] | None = None) -> None:
+    """60 frames of 64x64 noise at 30 fps: every frame costs bytes, so half the file holds about half of them."""
+    noise = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8) for i in range(60)]
+    write_frames(path, noise, rate=30, codec=codec, container_options=container_options)
+
+
+def assert_truncation_is_said(path, caplog) -> None:
+    """Whole, ``path`` reads its 60 frames quietly; cut in half, it reads fewer and says how many of the 60."""
+    assert read_all(StreamSource(str(path))) == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    caplog.clear()
+    n = read_all(StreamSource(str(path)))
+    assert 0 < n < 60
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
 
 
 def read_all(source) -> int:
@@ -43,21 +48,8 @@ def read_all(source) -> int:
 
 def test_a_truncated_file_warns_with_its_declared_length(tmp_path, caplog):
     path = tmp_path / "cut.mp4"
-    write_faststart(path)
-    whole = read_all(StreamSource(str(path)))
-    assert whole == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    caplog.clear()
-    n = read_all(StreamSource(str(path)))
-    assert 0 < n < 60
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
-
-
-def rvm(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rvm_live", *args], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
+    write_noise(path, container_options={"movflags": "faststart"})
+    assert_truncation_is_said(path, caplog)
 
 
 def wait_for_output(proc) -> None:
@@ -70,12 +62,9 @@ def wait_for_output(proc) -> None:
 def test_a_killed_job_loses_at_most_its_last_seconds(tmp_path, carphone_path, official_onnx_path, suffix):
     """SIGKILL, no chance to finalise anything: the ``.part`` plays, and holds every frame but the last
     fragment or cluster (a second) and what the encoder still held."""
-    from daemon import Daemon
-    from media import wait_until
-
     out = tmp_path / f"out{suffix}"
     part = tmp_path / f"out{suffix}.part"
-    with Daemon("--source", str(carphone_path), "--loop", "-o", str(out)) as daemon:
+    with DaemonProcess("--source", str(carphone_path), "--loop", "-o", str(out)) as daemon:
         def written() -> int:
             return daemon.get("/stats")["sinks"][str(out)]["frames"]
 
@@ -92,7 +81,7 @@ def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, 
                                                                         official_onnx_path):
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
     out.write_bytes(b"an earlier, complete result")
-    proc = rvm("--source", str(carphone_path), "--realtime", "-o", str(out), "--stats-json", str(stats))
+    proc = start_cli("--source", str(carphone_path), "--realtime", "-o", str(out), "--stats-json", str(stats))
     try:
         wait_for_output(proc)
         time.sleep(1)
@@ -207,19 +196,6 @@ def test_variable_frame_rate_input_keeps_its_timing(tmp_path, carphone_frames, m
 @pytest.mark.parametrize("suffix", [".mkv", ".webm"])
 def test_a_truncated_matroska_file_warns_with_its_declared_length(tmp_path, caplog, suffix):
     path = tmp_path / f"cut{suffix}"
-    with av.open(str(path), "w") as c:  # Matroska keeps no frame count, and its duration only in the container
-        stream = c.add_stream("libx264" if suffix == ".mkv" else "libvpx-vp9", rate=30)
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        for i in range(60):
-            image = np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8)
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        c.mux(stream.encode(None))
-    assert read_all(StreamSource(str(path))) == 60 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    caplog.clear()
-    n = read_all(StreamSource(str(path)))
-    assert 0 < n < 60
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"{path}: ended after {n} of its 60 declared frames (truncated or damaged)"]
+    # Matroska keeps no frame count, and its duration only in the container
+    write_noise(path, codec="libx264" if suffix == ".mkv" else "libvpx-vp9")
+    assert_truncation_is_said(path, caplog)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
+from helpers import DaemonProcess
 from media import SilentServer, free_port
 
 from rvm_live.config import Config
@@ -72,7 +72,7 @@ def test_udp_output_through_the_writer_process():
 
 def test_sigterm_exits_promptly_while_an_output_server_is_silent(tmp_path, carphone_path, official_onnx_path):
     stats_path = tmp_path / "stats.json"
-    with SilentServer() as server, Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o",
+    with SilentServer() as server, DaemonProcess("--source", str(carphone_path), "--realtime", "--loop", "-o",
                                           f"rtmp://127.0.0.1:{server.port}/live", "-o", "null",
                                           "--stats-json", str(stats_path)) as daemon:
         deadline = time.monotonic() + 60

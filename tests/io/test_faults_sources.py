@@ -10,21 +10,20 @@ import time
 
 import numpy as np
 import pytest
-from daemon import Daemon
-from helpers import RecordingSink
+from helpers import DaemonProcess, RecordingSink
 from media import Peer, free_port, ramp_level, send, send_ramp, wait_until
 
 from rvm_live.config import Config
 from rvm_live.engine import Engine
 from rvm_live.errors import SourceError, SourceNotReady
 from rvm_live.io.sources.stream import StreamSource
-from rvm_live.runtime.daemon import Daemon as InProcessDaemon
+from rvm_live.runtime.daemon import Daemon
 from rvm_live.runtime.stats import no_signal_card
 
 
 def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    with Daemon("--source", url, "-o", "null") as daemon:
+    with DaemonProcess("--source", url, "-o", "null") as daemon:
         assert "waiting for it" in daemon.stderr
         health = daemon.get("/health")
         assert health["source"] == "waiting" and health["source_up"] is False
@@ -42,7 +41,7 @@ def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
 def test_outputs_show_the_card_until_a_late_source_comes_up(mobilenet):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
-    pipeline = InProcessDaemon(Config(source=url, no_signal_timeout=0.2), sinks=[sink],
+    pipeline = Daemon(Config(source=url, no_signal_timeout=0.2), sinks=[sink],
                         engine=Engine("mobilenetv3", model=mobilenet, device="cpu"))
     pipeline.start()
     try:

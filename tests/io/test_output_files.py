@@ -5,18 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
-from helpers import write_clip
+from helpers import run_cli, write_clip
 
 from rvm_live.errors import ConfigError, SinkError
 from rvm_live.io.files import check_output_files
-
-
-def rvm(*args, prefix=(), cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "rvm_live", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
 
 
 def test_two_streams_writing_one_file_are_refused_whatever_the_spelling(tmp_path):
@@ -51,7 +45,7 @@ def test_an_output_folder_that_is_missing_is_said_before_anything_opens(tmp_path
 def test_the_source_as_output_is_one_line_and_the_source_survives(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", n=5)
     before = (tmp_path / "clip.mp4").read_bytes()
-    proc = rvm("--source", clip, "-o", clip)
+    proc = run_cli("--source", clip, "-o", clip)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "is its own source" in proc.stderr and "inference:" not in proc.stderr  # before the model loads
     assert (tmp_path / "clip.mp4").read_bytes() == before
@@ -63,7 +57,7 @@ def test_two_streams_with_one_output_file_are_refused_at_start(tmp_path):
     cfg = tmp_path / "two.toml"
     cfg.write_text(f'[[streams]]\nid = "a"\nsource = "{clip}"\noutputs = ["same.mp4"]\n'
                    f'[[streams]]\nid = "b"\nsource = "{clip}"\noutputs = ["./same.mp4"]\n')
-    proc = rvm("--config", str(cfg), cwd=tmp_path)
+    proc = run_cli("--config", str(cfg), cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "stream b: output ./same.mp4: stream a already writes" in proc.stderr
     assert not (tmp_path / "same.mp4").exists()
@@ -77,7 +71,7 @@ def test_a_read_only_output_folder_is_one_line_before_the_model_loads(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     mount = f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder} && exec \"$0\" \"$@\""
-    proc = rvm("--source", clip, "-o", str(folder / "out.mp4"), prefix=("unshare", "-rm", "sh", "-c", mount))
+    proc = run_cli("--source", clip, "-o", str(folder / "out.mp4"), prefix=("unshare", "-rm", "sh", "-c", mount))
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"out.mp4: cannot write in {folder}: Read-only file system" in proc.stderr
     assert "inference:" not in proc.stderr and "rvm-sink" not in proc.stderr

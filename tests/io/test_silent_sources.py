@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from daemon import Daemon
+from helpers import DaemonProcess
 from media import SilentServer, wait_until
 
 from rvm_live.errors import SourceError, SourceNotReady
@@ -33,7 +33,8 @@ def test_an_rtsp_server_that_never_answers_is_not_up_yet(tmp_path):
 
 @pytest.mark.slow
 def test_a_daemon_waits_for_a_silent_rtsp_server(official_onnx_path):
-    with SilentServer() as server, Daemon("--source", f"rtsp://127.0.0.1:{server.port}/cam", "-o", "null") as daemon:
+    with SilentServer() as server, \
+            DaemonProcess("--source", f"rtsp://127.0.0.1:{server.port}/cam", "-o", "null") as daemon:
         wait_until(lambda: len(server.accepted) >= 2 or daemon.proc.poll() is not None, 60, "a second attempt")
         assert daemon.proc.poll() is None, daemon.stderr
         assert daemon.get("/health")["source"] == "waiting"

@@ -10,22 +10,15 @@ import subprocess
 import sys
 
 import av
-import numpy as np
 import pytest
-from daemon import Daemon
+from helpers import DaemonProcess, solid_frames, write_frames
 from media import Peer, decode_file, free_port, send, wait_until
 
 
 def segment(width: int, height: int, n: int, level: int) -> bytes:
     """``n`` grey frames at one size as MPEG-TS; segments concatenated make one stream that changes size."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mpegts") as c:
-        stream = c.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for _ in range(n):
-            image = np.full((height, width, 3), level, np.uint8)
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        c.mux(stream.encode(None))
+    write_frames(buf, solid_frames([level] * n, (height, width)), rate=30, fmt="mpegts")
     return buf.getvalue()
 
 
@@ -49,7 +42,7 @@ def test_a_file_that_changes_size_mid_stream_goes_through_every_output(tmp_path,
 @pytest.mark.slow
 def test_a_udp_sender_that_restarts_at_another_size_keeps_the_daemon_running(official_onnx_path):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    with Daemon("--source", url, "-o", "null") as daemon:
+    with DaemonProcess("--source", url, "-o", "null") as daemon:
         with Peer(send, url + "?pkt_size=1316", (200, 40, 40), (176, 144), 60.0):
             wait_until(lambda: daemon.get("/stats")["frames_out"] >= 5, 60, "frames at 176x144")
         before = daemon.get("/stats")["frames_out"]

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from daemon import Daemon
+from helpers import DaemonProcess
 from media import Peer, counter_of, free_port, send, send_counter, send_ts, wait_until
 
 from rvm_live.errors import SourceNotReady
@@ -33,7 +33,7 @@ def open_when_up(source: StreamSource, within: float = 30) -> None:
 ], ids=["other-pids", "other-codec"])
 def test_a_new_sender_the_demuxer_cannot_follow_is_reopened(official_onnx_path, codec, muxer):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    with Daemon("--source", url, "-o", "null") as daemon:
+    with DaemonProcess("--source", url, "-o", "null") as daemon:
         with Peer(send, url + "?pkt_size=1316", (200, 40, 40), (176, 144), 60.0):
             wait_until(lambda: daemon.get("/stats")["frames_out"] >= 5, 60, "frames from the first sender")
         # the next sender starts at once: no silence long enough to end the first stream
@@ -49,7 +49,7 @@ def test_a_new_sender_the_demuxer_cannot_follow_is_reopened(official_onnx_path, 
 def test_junk_datagrams_before_the_stream_do_not_freeze_it(official_onnx_path):
     port = free_port(socket.SOCK_DGRAM)
     url = f"udp://127.0.0.1:{port}"
-    with Daemon("--source", url, "-o", "null") as daemon, \
+    with DaemonProcess("--source", url, "-o", "null") as daemon, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
         for _ in range(50):
             junk.sendto(os.urandom(1000), ("127.0.0.1", port))

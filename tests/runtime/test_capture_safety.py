@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import sys
 
-import av
 import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import solid_frames, write_frames
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rvm_live.compositing.backgrounds import composite, parse_background, to_device
@@ -112,13 +112,7 @@ class traced:  # noqa: N801  (a context manager used like a function)
 def background_specs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bg")
     cv2.imwrite(str(folder / "red.png"), np.full((40, 60, 3), (0, 0, 255), np.uint8))
-    with av.open(str(folder / "blue.mp4"), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(3):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (20, 30, 220), np.uint8), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_frames(folder / "blue.mp4", solid_frames([(20, 30, 220)] * 3, (48, 64)))
     return ["green", str(folder / "red.png"), str(folder / "blue.mp4"), "blur:8", "transparent"]
 
 

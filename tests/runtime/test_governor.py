@@ -6,6 +6,7 @@ import re
 import urllib.request
 
 import pytest
+from helpers import write_frames
 
 from rvm_live.bus import QualityChanged, QualityFloor
 from rvm_live.runtime.governor import QUALITY_FLOOR_PX, Governor, RungMemory, ladder_ratios
@@ -200,17 +201,10 @@ def test_resize_state_gives_the_shapes_the_network_makes(mobilenet, carphone_fra
 
 def clip_360p(tmp_path, carphone_frames):
     """The demo clip at 640x360, 60 frames, H.264."""
-    import av
     import cv2
 
     clip = tmp_path / "360p.mp4"
-    with av.open(str(clip), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
-        for image in carphone_frames[:60]:
-            frame = av.VideoFrame.from_ndarray(cv2.resize(image, (640, 360)), format="rgb24")
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
+    write_frames(clip, [cv2.resize(image, (640, 360)) for image in carphone_frames[:60]], rate=30)
     return clip
 
 

@@ -8,24 +8,11 @@ import json
 import logging
 
 import pytest
-from helpers import Feeder, TapController
+from helpers import Feeder
 
 from rvm_live.serve.http import AccessPolicy
 
 TOKEN = "a+b/c=d"  # a "+" as base64 tokens have; a player sends it as typed
-
-
-@pytest.fixture
-def controller():
-    return TapController()
-
-
-@pytest.fixture
-def server(controller, start_control):
-    srv = start_control(controller)
-    with Feeder(controller.tap):
-        yield srv
-    controller.tap.close()
 
 
 def call(server, method, path, headers=None, body=None):

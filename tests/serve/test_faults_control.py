@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
-from helpers import FakeController, corrupt_clip, read_all, request, write_clip
+from helpers import DaemonProcess, FakeController, corrupt_clip, read_all, request, write_clip
 from PIL import Image
 
 from rvm_live.serve.control import ControlServer
@@ -130,7 +129,7 @@ def test_token_file_and_background_checks_on_a_live_daemon(tmp_path, carphone_pa
     bad = tmp_path / "head-only.mp4"
     bad.write_bytes(open(write_clip(tmp_path / "good.mp4"), "rb").read()[:1200])
     corrupt = corrupt_clip(tmp_path / "corrupt.mp4")
-    with Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
+    with DaemonProcess("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
                 "--control-token-file", str(token_file)) as daemon:
         def call(method, path, body=None, token="s3cret"):
             conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
@@ -180,7 +179,7 @@ def test_a_control_port_in_use_fails_before_the_model_loads(carphone_path):
 def test_uploads_are_gone_after_exit_the_address_is_logged_once_and_allowed_hosts_answer(tmp_path, carphone_path):
     png = io.BytesIO()
     Image.new("RGB", (32, 24), (0, 0, 255)).save(png, format="PNG")
-    with Daemon("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
+    with DaemonProcess("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
                 "--control-allow-host", "studio.lan") as daemon:
         for host, status in (("studio.lan", 200), ("evil.example", 403)):
             conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)

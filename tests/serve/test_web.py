@@ -8,107 +8,38 @@ Chromium is Debian's ``chromium`` package (``.ci/run`` installs it); the browser
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import av
 import cv2
 import numpy as np
 import pytest
-from media import free_port
+from helpers import DaemonProcess, chromium
 from PIL import Image
 
 TOKEN = "web-e2e-token"
-CHROMIUM = os.environ.get("RVM_LIVE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-ui.png"
 BLUE, BLUE_HEX = (42, 111, 219), "#2a6fdb"
 
 
-class Daemon:
-    """``python -m rvm_live`` on the looping clip with the control API (and so the page) on a free port."""
-
-    def __init__(self, source: Path, log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "rvm_live", "--source", str(source), "--loop", "--realtime", "-o", "null",
-               "--control", self.url.removeprefix("http://"), "--control-token", TOKEN]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def api(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, headers={"Authorization": f"Bearer {TOKEN}",
-                                                                            "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.load(resp)
-
-    def wait_stats(self, check: Callable[[dict[str, Any]], bool], within: float = 60.0) -> dict[str, Any]:
-        """Poll /stats until ``check`` holds; fails with the last stats and the daemon's log."""
-        deadline, stats = time.monotonic() + within, {}
-        while time.monotonic() < deadline:
-            stats = self.api("/stats")
-            if check(stats):
-                return stats
-            time.sleep(0.25)
-        pytest.fail(f"stats never matched: {stats}\n{self.log()[-2000:]}")
-
-    def wait_ready(self, within: float = 120.0) -> None:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.api("/stats")["frames_out"] > 0:
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"daemon not ready within {within:g} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
-def daemon(carphone_path, tmp_path_factory):
-    d = Daemon(carphone_path, tmp_path_factory.mktemp("web") / "daemon.log")
-    try:
-        d.wait_ready()
+def daemon(carphone_path, official_onnx_path, tmp_path_factory):
+    """The daemon on the looping clip with the control API (and so the page) on a free port, behind a token."""
+    log_path = tmp_path_factory.mktemp("web") / "daemon.log"
+    with DaemonProcess("--source", str(carphone_path), "--loop", "--realtime", "-o", "null", token=TOKEN,
+                       log_path=log_path) as d:
+        d.wait_stats(lambda s: s["frames_out"] > 0, within=120)
         yield d
-    finally:
-        d.stop()
-    assert d.proc.returncode == 0, d.log()  # SIGTERM with page clients attached still stops cleanly
+        code = d.stop(timeout=15)
+    assert code == 0, d.log()  # SIGTERM with page clients attached still stops cleanly
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium executable (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -195,7 +126,7 @@ def test_upload_an_image_from_the_page(page, daemon, tmp_path):
     text.write_text("not an image")
     page.set_input_files("#upload", str(text))
     page.wait_for_function("document.getElementById('message').textContent.includes('is not PNG, JPEG or WebP')")
-    assert daemon.api("/stats")["background"] == stats["background"]
+    assert daemon.get("/stats")["background"] == stats["background"]
 
 
 def test_pause_resume_and_reset_buttons(page, daemon):

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import Feeder, TapController
 from PIL import Image
 
 from rvm_live.io.sinks.base import create_sink
@@ -26,16 +25,8 @@ TOKEN = "page-token"
 
 
 @pytest.fixture
-def controller():
-    return TapController()
-
-
-@pytest.fixture
-def server(controller, start_control):
-    srv = start_control(controller, TOKEN)
-    with Feeder(controller.tap):
-        yield srv
-    controller.tap.close()
+def server_options():
+    return {"token": TOKEN}
 
 
 def call(server, method, path, body=None, headers=None):

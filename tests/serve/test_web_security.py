@@ -14,10 +14,9 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from helpers import Feeder, TapController
+from helpers import Feeder, TapController, chromium
 from media import free_port
 from PIL import Image
-from test_web import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
 
@@ -30,28 +29,13 @@ NO_BROWSER_GUARD = ("--disable-features=BlockInsecurePrivateNetworkRequests,Priv
 
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium executable (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=[*CHROMIUM_FLAGS, NO_BROWSER_GUARD,
-                                           f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1"])
+    with chromium(NO_BROWSER_GUARD, f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1") as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
-def controller():
-    return TapController()
-
-
-@pytest.fixture
-def server(controller, start_control):
-    srv = start_control(controller)
-    with Feeder(controller.tap, fps=30):
-        yield srv
-    controller.tap.close()
+def feed_fps():
+    return 30.0
 
 
 @pytest.fixture

@@ -9,26 +9,49 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import MS_PER_FRAME, assert_plausible_ms
 
+from rvm_live.config import ENGINES
 from rvm_live.engine.loading import pick_engine
-from rvm_live.tools.livebench import CpuHog, fidelity, format_live_report, ratio_timeline, run_live_bench, steady_fps
+from rvm_live.tools.livebench import (
+    CLIP_FRAMES,
+    CpuHog,
+    fidelity,
+    format_live_report,
+    ratio_timeline,
+    run_live_bench,
+    steady_fps,
+)
 
 
+@pytest.mark.slow
 def test_live_bench_reports_fps_latency_ratio_and_fidelity():
-    report = run_live_bench(width=160, height=96, fps=15, seconds=4.5, fullres="fast", fidelity_frames=4)
-    assert report["frames_out"] > 0 and report["frames_in"] >= report["frames_out"]
+    fps, seconds = 15, 4.5
+    # fidelity over a whole pass of the clip: a run shorter than one pass makes no frame outside it, so every
+    # frame that comes out is compared (the first few alone may all be dropped on a busy machine)
+    report = run_live_bench(width=160, height=96, fps=fps, seconds=seconds, fullres="fast",
+                            fidelity_frames=CLIP_FRAMES)
+    assert 0 < report["frames_out"] <= report["frames_in"] <= CLIP_FRAMES
+    assert report["frames_dropped"] >= 0
     assert report["settings"]["fullres"] == "fast" and report["settings"]["hog"] is False
-    assert report["latency_ms"]["p50"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"]
+    assert_plausible_ms(report["latency_ms"])
+    # a realtime source at 15 fps: no more out than it gives (slack for the short sampling window)
+    assert report["fps_out"] is not None and 0 < report["fps_out"] <= fps * 1.5
     assert report["ratio_over_time"][0][1] == 1.0  # auto ratio at this size
-    assert report["cores_used"] > 0 and report["cpu_ms_per_frame_out"] > 0
-    live_auto = pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))  # openvino-bf16 or ort
-    assert report["settings"]["engine"] == "auto" and report["settings"]["engine_used"] == live_auto
+    assert 0 < report["cores_used"] <= (os.cpu_count() or 1) * 1.1  # CPU time per wall second: at most all cores
+    assert MS_PER_FRAME[0] <= report["cpu_ms_per_frame_out"] <= MS_PER_FRAME[1]
+    engine_used = report["settings"]["engine_used"]
+    # auto on a live CPU source: the export's network half (OpenVINO bf16 where the CPU has it, else onnxruntime)
+    assert report["settings"]["engine"] == "auto" and engine_used in ENGINES and engine_used != "torch"
+    assert engine_used == pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))
     assert set(report["load"]) == {"before", "after", "cores", "busy"}
     text = format_live_report(report)
-    assert f"engine auto ({live_auto})" in text and "% of pixels off by more than 0.5" in text
+    assert f"engine auto ({engine_used})" in text and "% of pixels off by more than 0.5" in text
     fid = report["fidelity"]
-    if fid["frames"]:  # a frame among the first four came out (under heavy load all may be dropped)
-        assert fid["mean_abs_alpha"] < 0.05  # same ratio as the fixed-quality run; only dropped frames differ
+    # every frame written to the output is compared (a live output may lose its last queued frames at the stop)
+    assert 0 < fid["frames"] <= report["frames_out"], fid
+    assert fid["mean_abs_alpha"] < 0.05  # same ratio as the fixed-quality run; only dropped frames differ
+    assert 0 <= fid["mean_abs_alpha"] <= fid["max_abs_alpha"] <= 1 and 0 <= fid["share_over_half"] <= 1
 
 
 def test_cpu_hog_is_pinned_and_ends_with_the_block():
