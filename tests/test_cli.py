@@ -24,6 +24,7 @@ def assets_cached(official_onnx_path, carphone_path):
     """The subprocesses run offline: make sure the official weights and the demo clip are cached first."""
 
 
+@pytest.mark.slow
 def test_demo_job_writes_file_and_stats(tmp_path):
     stats_path = tmp_path / "stats.json"
     proc = run_cli("--source", "demo", "-o", "demo.mp4", "--side-by-side", "--max-frames", "24",
@@ -52,6 +53,7 @@ def test_summary_counts_add_up():
     assert summary_line(two).startswith("frames in 20, out 18, dropped 2 before inference, 1 dropped at outputs")
 
 
+@pytest.mark.slow
 def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
     proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
     assert proc.returncode == 0 and "(torch runtime" in proc.stderr, proc.stderr
@@ -69,6 +71,7 @@ def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
     (["--weights", "nothere.pth", "-o", "x.mp4"], "nothere.pth", 1),
     (["--source", "ftp://example.invalid/x", "-o", "x.mp4"], "ftp", 2),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_naming_the_culprit(tmp_path, args, culprit, code):
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == code, proc.stderr
@@ -87,6 +90,7 @@ def test_missing_onnx_weights_is_one_line(tmp_path, live):
     assert last == f"rvm-live: error: weights file not found: {tmp_path / 'nonexistent.onnx'}"
 
 
+@pytest.mark.slow
 def test_corrupt_file_is_named(tmp_path, carphone_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(carphone_path.read_bytes()[:2000] + os.urandom(5000))
@@ -101,6 +105,7 @@ def test_bad_config_key_is_named(tmp_path):
     assert proc.returncode == 2 and "backgroud" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_file_job_leaves_a_playable_file(tmp_path, carphone_path):
     out, stats_path = tmp_path / "long.mp4", tmp_path / "stats.json"
     env = {**os.environ, "RVM_LIVE_OFFLINE": "1"}
@@ -203,6 +208,7 @@ def test_an_unknown_preset_lists_the_shipped_ones(tmp_path):
     assert proc.returncode == 2 and "defualt" in proc.stderr and all(n in proc.stderr for n in preset_names())
 
 
+@pytest.mark.slow
 def test_sighup_rereads_the_config_and_control_api_reports_it(tmp_path, carphone_path):
     import urllib.request
 
@@ -257,6 +263,7 @@ def test_reloading_the_config_keeps_the_command_line_on_top(tmp_path):
     assert (reloaded.bg, reloaded.mirror, reloaded.mask_threshold) == ("red", False, 0.5)
 
 
+@pytest.mark.slow
 def test_unwritable_stats_json_fails_the_run(tmp_path):
     proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "2", "--stats-json",
                     str(tmp_path / "missing-dir" / "s.json"), cwd=tmp_path)

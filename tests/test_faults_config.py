@@ -85,12 +85,14 @@ def test_bad_toml_values_are_one_line_at_start(tmp_path, line):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ratio_too_small_for_the_source_is_refused(carphone_path, official_onnx_path):
     proc = run_cli("--source", str(carphone_path), "-o", "null", "--downsample", "0.1")
     assert proc.returncode == 2 and "downsample = 0.1: expected at least 0.222 for 176x144" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_sighup_config_keeps_the_daemon_running(tmp_path, carphone_path, official_onnx_path):
     cfg = tmp_path / "live.toml"
     cfg.write_text(f'source = "{carphone_path}"\nrealtime = true\nloop = true\noutputs = ["null"]\n')

@@ -54,6 +54,7 @@ def run_cli(args: list[str], *, tty: bool, columns: int = 100) -> tuple[int, str
         os.close(master)
 
 
+@pytest.mark.slow
 def test_file_job_draws_a_bar_with_count_total_fps_and_eta(carphone_path):
     code, err = run_cli(["--source", str(carphone_path), "-o", "null", "--max-frames", "12"], tty=True)
     assert code == 0, err
@@ -63,6 +64,7 @@ def test_file_job_draws_a_bar_with_count_total_fps_and_eta(carphone_path):
     assert re.search(r"INFO rvm_live: frames in 12, out 12", err)  # log lines still get through
 
 
+@pytest.mark.slow
 def test_live_run_draws_a_status_line_about_once_a_second(carphone_path):
     args = ["--source", str(carphone_path), "--loop", "--realtime", "-o", "null", "--max-frames", "150"]
     code, err = run_cli(args, tty=True)
@@ -75,6 +77,7 @@ def test_live_run_draws_a_status_line_about_once_a_second(carphone_path):
 
 
 @pytest.mark.parametrize("tty", [True, False], ids=["quiet-on-a-terminal", "stderr-not-a-terminal"])
+@pytest.mark.slow
 def test_nothing_is_drawn_with_quiet_or_without_a_terminal(carphone_path, tty):
     args = ["--source", str(carphone_path), "-o", "null", "--max-frames", "6"] + (["--quiet"] if tty else [])
     code, err = run_cli(args, tty=tty)

@@ -46,6 +46,7 @@ def test_corrupt_video_falls_back_to_last_frame_then_colour(tmp_path, caplog):
     assert len(warnings) == 1
 
 
+@pytest.mark.slow
 def test_video_deleted_while_playing_falls_back(tmp_path):
     path = write_clip(tmp_path / "gone.mp4", n=3)
     with parse_background(path, fallback="red") as bg:
@@ -122,6 +123,7 @@ def test_image_is_kept_only_at_the_size_that_covers_the_output(tmp_path):
     assert bg._image.shape[:2] == (120, 160)
 
 
+@pytest.mark.slow
 def test_a_corrupt_background_video_does_not_stop_a_job(tmp_path, carphone_path, official_onnx_path):
     bg = corrupt_clip(tmp_path / "corrupt.mp4")
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"

@@ -34,6 +34,7 @@ def test_output_types_and_ranges(clip, mobilenet):
     assert 0.1 < float(mask.mean()) < 0.9  # the person is found, the background is not
 
 
+@pytest.mark.slow
 def test_result_does_not_depend_on_batch_size(clip):
     ref_image, ref_mask = run(clip, batch_size=1)
     for batch_size in (3, 4, 11, 16):  # 11 frames: 3 and 4 leave a short last chunk
@@ -42,6 +43,7 @@ def test_result_does_not_depend_on_batch_size(clip):
         torch.testing.assert_close(image, ref_image, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_state_is_carried_not_reset_per_batch(clip):
     _, carried = run(clip, batch_size=4)
     # what the seed did: each chunk starting from an empty state

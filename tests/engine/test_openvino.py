@@ -31,6 +31,7 @@ def frames360(carphone_frames) -> np.ndarray:
     return np.stack([cv2.resize(f, (640, 360), interpolation=cv2.INTER_LINEAR) for f in carphone_frames[:24]])
 
 
+@pytest.mark.slow
 def test_fp32_matches_onnxruntime_on_dynamic_and_static_models(official_onnx_path, frames360):
     reference = _alphas(OrtCoefficients(official_onnx_path, threads=2), frames360, 0.6)
     runner = OpenVinoCoefficients(official_onnx_path, precision="fp32", threads=2)
@@ -58,6 +59,7 @@ def test_refuses_a_bad_precision(official_onnx_path):
 
 
 @pytest.mark.skipif(not supports_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX")
+@pytest.mark.slow
 def test_bf16_stays_close_to_fp32(official_onnx_path, frames360):
     reference = _alphas(OrtCoefficients(official_onnx_path, threads=2), frames360, 0.6)
     got = _alphas(OpenVinoCoefficients(official_onnx_path, precision="bf16", threads=2), frames360, 0.6)
@@ -65,6 +67,7 @@ def test_bf16_stays_close_to_fp32(official_onnx_path, frames360):
     assert 0 < diff.mean() < 0.02  # bf16 really ran (not fp32) and stays a usable matte (BENCHMARKS.md)
 
 
+@pytest.mark.slow
 def test_the_engine_runs_openvino_behind_the_one_interface(frames360):
     from rvm_live.compositing.backgrounds import parse_background
     from rvm_live.engine import Engine

@@ -267,6 +267,7 @@ def _engine(mobilenet, **kwargs) -> Engine:
     return Engine(model=mobilenet, device="cpu", **kwargs)
 
 
+@pytest.mark.slow
 def test_graph_steps_chunks_resets_and_batches_are_ordered(fake_cuda, mobilenet, carphone_frames):
     engine = _engine(mobilenet)
     assert engine.cuda_graphs and engine._stream is not None  # the CUDA path, on CPU tensors

@@ -59,6 +59,7 @@ def wait_for_output(proc) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm"])
+@pytest.mark.slow
 def test_a_killed_job_loses_at_most_its_last_seconds(tmp_path, carphone_path, official_onnx_path, suffix):
     """SIGKILL, no chance to finalise anything: the ``.part`` plays, and holds every frame but the last
     fragment or cluster (a second) and what the encoder still held."""
@@ -77,6 +78,7 @@ def test_a_killed_job_loses_at_most_its_last_seconds(tmp_path, carphone_path, of
     assert decoded >= handed - 60, f"{decoded} frames play of the {handed} handed over before the kill"
 
 
+@pytest.mark.slow
 def test_a_file_job_stopped_early_keeps_its_part_and_the_earlier_file(tmp_path, carphone_path,
                                                                         official_onnx_path):
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"

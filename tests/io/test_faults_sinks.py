@@ -29,6 +29,7 @@ def test_network_outputs_are_isolated_and_files_are_not(tmp_path):
 
 
 @pytest.mark.parametrize("scheme", ["rtmp", "rtsp"])
+@pytest.mark.slow
 def test_a_silent_server_costs_one_deadline_and_a_fresh_writer(scheme):
     with SilentServer() as server:
         sink = IsolatedSink(f"{scheme}://127.0.0.1:{server.port}/live", Config())
@@ -51,6 +52,7 @@ def test_a_cancelled_wait_returns_at_once():
             sink.open(64, 64, 30.0)
 
 
+@pytest.mark.slow
 def test_udp_output_through_the_writer_process():
     from media import Peer, receive
 
@@ -70,6 +72,7 @@ def test_udp_output_through_the_writer_process():
     assert report["ok"] and report["count"] == 10 and report["mean_rgb"][0] > 150, report
 
 
+@pytest.mark.slow
 def test_sigterm_exits_promptly_while_an_output_server_is_silent(tmp_path, carphone_path, official_onnx_path):
     stats_path = tmp_path / "stats.json"
     with SilentServer() as server, DaemonProcess("--source", str(carphone_path), "--realtime", "--loop", "-o",
@@ -90,6 +93,7 @@ def test_sigterm_exits_promptly_while_an_output_server_is_silent(tmp_path, carph
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.slow
 def test_a_signal_while_starting_up_is_one_line(sig):
     proc = subprocess.Popen([sys.executable, "-m", "rvm_live", "--source", "demo", "-o", "null"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "RVM_LIVE_OFFLINE": "1"})
@@ -145,6 +149,7 @@ def test_ctrl_c_while_opencv_loads_is_one_line(tmp_path, launcher):
     assert err.strip() == "rvm-live: interrupted"
 
 
+@pytest.mark.slow
 def test_a_receiver_that_stops_reading_is_abandoned_within_the_write_deadline():
     import numpy as np
     from media import Peer, open_with_retry, receive

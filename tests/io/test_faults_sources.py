@@ -21,6 +21,7 @@ from rvm_live.runtime.daemon import Daemon
 from rvm_live.runtime.stats import no_signal_card
 
 
+@pytest.mark.slow
 def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     with DaemonProcess("--source", url, "-o", "null") as daemon:
@@ -38,6 +39,7 @@ def test_a_udp_source_that_starts_late_is_waited_for(official_onnx_path):
     assert daemon.stderr.count("waiting for it") == 1 and "source back after" in daemon.stderr
 
 
+@pytest.mark.slow
 def test_outputs_show_the_card_until_a_late_source_comes_up(mobilenet):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
@@ -55,6 +57,7 @@ def test_outputs_show_the_card_until_a_late_source_comes_up(mobilenet):
     assert pipeline.stats()["source_outages"] == 1
 
 
+@pytest.mark.slow
 def test_an_unknown_host_is_reported_at_once():
     proc = subprocess.run([sys.executable, "-m", "rvm_live", "--source", "rtsp://no-such-host.invalid/cam",
                            "-o", "null"], capture_output=True, text=True, timeout=120,
@@ -72,6 +75,7 @@ def _port_is_taken(port: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_udp_source_keeps_its_socket_and_resumes_from_the_first_packet():
     """Through an outage the port stays bound, and a sender that comes back is decoded from its very first
     frame (its keyframe), not from the next keyframe a GOP later."""

@@ -227,6 +227,7 @@ def push_solid(sink: StreamSink, rgb: tuple[int, int, int], frames: int) -> int:
     [("rtsp", {"rtsp_flags": "listen", "listen_timeout": "20", "timeout": "10000000"}, None),
      ("rtmp", {"listen": "1", "timeout": "20"}, "flv")],
 )
+@pytest.mark.slow
 def test_stream_sink_reaches_a_listening_server(scheme, options, fmt):
     url = f"{scheme}://127.0.0.1:{media.free_port()}/live/cam"
     sink = StreamSink(url, Config())  # in-process: the daemon runs it in a writer process (IsolatedSink)

@@ -153,6 +153,7 @@ def test_udp_mpegts_round_trip_through_the_stream_source():
         source.close()
 
 
+@pytest.mark.slow
 def test_silent_stream_raises_instead_of_hanging():
     url = f"udp://127.0.0.1:{media.free_port(socket.SOCK_DGRAM)}"
     source = StreamSource(url, open_timeout=1.5, read_timeout=1.5)

@@ -36,6 +36,7 @@ def run_pair(model, session, frames, ratio, *, always_refine):
 
 
 @pytest.mark.parametrize(("size", "ratio"), [((144, 176), 1.0), ((288, 352), 0.375), ((144, 176), 0.5)])
+@pytest.mark.slow
 def test_matches_official_onnx_export_on_real_frames(mobilenet, official_onnx_path, carphone_frames, size, ratio):
     session = ort.InferenceSession(str(official_onnx_path), providers=["CPUExecutionProvider"])
     frames = [cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA) for f in carphone_frames[:32]]

@@ -63,6 +63,7 @@ def two_streams(carphone_path, **extra) -> Config:
 
 
 @pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+@pytest.mark.slow
 def test_two_streams_equal_each_run_alone(carphone_path, engine_factory, kind):
     """Batched through one engine, each stream comes out as it does alone: the states never mix."""
     config = two_streams(carphone_path, max_frames=24)
@@ -84,6 +85,7 @@ def test_two_streams_equal_each_run_alone(carphone_path, engine_factory, kind):
     assert np.abs(a0.astype(int) - b0.astype(int)).mean() > 10
 
 
+@pytest.mark.slow
 def test_one_streams_outage_does_not_hold_up_the_other(carphone_path, engine_factory):
     """A UDP camera that goes away: the outage is reported (health, stats, the "no signal" card on its output),
     nothing of the lost camera is matted any more, and the other stream goes on being matted and delivered."""

@@ -167,6 +167,7 @@ def _alphas(engine, frames, ratios, *, carry):
     return out
 
 
+@pytest.mark.slow
 def test_carrying_the_state_across_a_ratio_change_pops_less_than_a_reset(mobilenet, carphone_frames):
     """The pop after a switch: mean |Δα| against a run at the new ratio from the start, 5 frames after it."""
     import torch
@@ -208,6 +209,7 @@ def clip_360p(tmp_path, carphone_frames):
     return clip
 
 
+@pytest.mark.slow
 def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_frames, monkeypatch, caplog):
     """The real daemon on a realtime 640x360 source, with the real engine slowed down (as another program
     taking the CPU would): the governor steps down, and stats, metrics and the log say so."""

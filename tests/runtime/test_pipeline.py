@@ -35,6 +35,7 @@ def process(daemon: Daemon, frame):
                           doorbell=daemon.doorbell).matte_one(daemon.session(), frame)
 
 
+@pytest.mark.slow
 def test_file_to_file_every_frame_composited_with_its_own_alpha(tmp_path, carphone_path, carphone_frames,
                                                                 engine_factory, mobilenet):
     record = RecordingSink()
@@ -111,6 +112,7 @@ class NewestSink(RecordingSink):
         self.newest.append(self.daemon.stats()["frames_in"] - 1)
 
 
+@pytest.mark.slow
 def test_realtime_source_drops_frames_and_latency_stays_bounded(carphone_path, mobilenet, monkeypatch):
     record = NewestSink()
     config = Config(source=str(carphone_path), realtime=True, queue_size=1, max_frames=60, quality="fixed")
@@ -153,6 +155,7 @@ def test_missing_virtual_camera_fails_with_the_fix(carphone_path, engine_factory
     assert "OBS" in str(err.value)
 
 
+@pytest.mark.slow
 def test_file_to_rtsp_listener(carphone_path, engine_factory):
     url = f"rtsp://127.0.0.1:{free_port()}/live"
     config = Config(source=str(carphone_path), max_frames=90)
@@ -284,6 +287,7 @@ def test_every_background_kind_through_the_pipeline(carphone_path, carphone_fram
     assert frame.image.shape[2] == (4 if bg == "transparent" else 3)
 
 
+@pytest.mark.slow
 def test_file_to_live_output_loses_no_frame_and_realtime_file_ends(carphone_path, engine_factory):
     live = RecordingSink("live", live=True)
     stats = Daemon(Config(source=str(carphone_path), max_frames=20), engine=engine_factory(), sinks=[live]).run()
@@ -307,6 +311,7 @@ def test_pause_keeps_the_output_layout(carphone_path, engine_factory):
         pipeline.close()
 
 
+@pytest.mark.slow
 def test_file_job_is_not_held_up_by_a_stuck_live_output(carphone_path, engine_factory, monkeypatch):
     import rvm_live.runtime.inference as inference_stage
 

@@ -47,6 +47,7 @@ def left_colour(frame) -> np.ndarray:
     return frame.image[:, : frame.width // 2].reshape(-1, frame.image.shape[2])[:, :3].mean(0)
 
 
+@pytest.mark.slow
 def test_source_outage_keeps_output_alive_and_recovers(engine_factory, caplog, monkeypatch):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     sink = RecordingSink("vcam-like", live=True)
@@ -86,6 +87,7 @@ def test_source_outage_keeps_output_alive_and_recovers(engine_factory, caplog, m
     assert all(c[0] > 150 for c in reds)
 
 
+@pytest.mark.slow
 def test_sink_outage_reconnects_while_other_sinks_continue(carphone_path, engine_factory):
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/live"

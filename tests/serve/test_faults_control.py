@@ -64,6 +64,7 @@ def test_connection_resets_are_debug_only(server, caplog, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_short_body_is_cut_off(server, controller):
     host, port = server.address
     with socket.create_connection((host, port), timeout=30) as s:
@@ -73,6 +74,7 @@ def test_a_short_body_is_cut_off(server, controller):
     assert controller.calls == []
 
 
+@pytest.mark.slow
 def test_a_flood_of_silent_connections_costs_no_worker(server):
     host, port = server.address
     before = threading.active_count()

@@ -85,6 +85,7 @@ def test_slow_uploads_are_cut_off_with_408_and_do_not_hold_the_api(server, contr
     assert controller.backgrounds == []
 
 
+@pytest.mark.slow
 def test_a_stalled_upload_is_408_not_422(server, controller):
     with socket.create_connection(server.address, timeout=30) as s:
         s.sendall(upload_head(200_000) + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)  # then nothing more
@@ -161,6 +162,7 @@ def parts_arrive(server, path: str, want: int, timeout: float) -> bool:
 
 
 @pytest.mark.parametrize("fps", ["0.001", "1e-300", "5e-324"])
+@pytest.mark.slow
 def test_an_absurdly_slow_rate_is_raised_to_the_minimum(server, fps):
     # not a parked worker (a part every 1000 s or never), nor an OverflowError inside the stream: parts at
     # MIN_STREAM_FPS, so three arrive well within the (generous, load-proof) timeout
@@ -168,6 +170,7 @@ def test_an_absurdly_slow_rate_is_raised_to_the_minimum(server, fps):
     assert parts_arrive(server, f"/stream.mjpg?fps={fps}", 3, timeout=30)
 
 
+@pytest.mark.slow
 def test_a_viewers_wait_ends_when_the_viewer_goes(server, controller):
     conn = http.client.HTTPConnection(*server.address, timeout=10)
     conn.request("GET", "/stream.mjpg?fps=1")

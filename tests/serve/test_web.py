@@ -83,6 +83,7 @@ def test_ffmpeg_reads_frames_from_stream_mjpg(daemon):
         grab_frames(f"{daemon.url}/stream.mjpg?token=wrong", 1)  # 401
 
 
+@pytest.mark.slow
 def test_page_shows_the_preview_and_stats_and_a_colour_click_changes_the_background(page, daemon):
     page.goto(f"{daemon.url}/#token={TOKEN}")
     page.wait_for_function("document.getElementById('preview').naturalWidth > 0")

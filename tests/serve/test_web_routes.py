@@ -122,6 +122,7 @@ def count_parts(server, path: str, seconds: float = 1.5) -> tuple[int, float]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(server, controller):
     tap = controller.tap
     time.sleep(0.3)
@@ -133,6 +134,7 @@ def test_frames_are_encoded_only_while_someone_watches_and_at_a_capped_rate(serv
     assert parts <= PREVIEW_FPS * elapsed + 2
 
 
+@pytest.mark.slow
 def test_stream_rate_can_be_asked_for_within_limits(server):
     parts, elapsed = count_parts(server, "/stream.mjpg?fps=3")
     assert parts <= 3 * elapsed + 2

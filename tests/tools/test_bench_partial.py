@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from helpers import assert_timed_row
 
 from rvm_live.tools import bench, gpu_check
@@ -23,6 +24,7 @@ def test_a_failing_end_to_end_run_keeps_the_model_numbers(monkeypatch):
     assert "unavailable: failed: RuntimeError" in bench.format_report(report)
 
 
+@pytest.mark.slow
 def test_a_failing_engine_is_reported_and_the_others_are_timed(monkeypatch):
     real_step = bench.OrtRunner.step
     calls = []

@@ -82,6 +82,7 @@ def test_bad_live_arguments_are_one_line_errors():
 
 
 @pytest.mark.parametrize("flag", ["--fullres=slow", "--fps=x"])
+@pytest.mark.slow
 def test_bad_live_flags(flag):
     result = subprocess.run([sys.executable, "-m", "rvm_live", "bench", "--live", flag],
                             capture_output=True, text=True, timeout=120)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import onnx
+import pytest
 
 from rvm_live.tools import quantize
 from rvm_live.tools.quantize import evaluate, int8_lowres_path, quantize_lowres, recipe_digest
 
 
+@pytest.mark.slow
 def test_quantized_network_still_mattes_and_is_cached(tmp_path, official_onnx_path, carphone_frames, monkeypatch):
     frames = np.stack([cv2.resize(f, (128, 96)) for f in carphone_frames[60:64]])  # not the evaluated frames
     path = quantize_lowres(official_onnx_path, tmp_path / "int8.onnx", frames)
