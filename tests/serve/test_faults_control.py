@@ -183,6 +183,7 @@ def test_uploads_are_gone_after_exit_the_address_is_logged_once_and_allowed_host
     Image.new("RGB", (32, 24), (0, 0, 255)).save(png, format="PNG")
     with DaemonProcess("--source", str(carphone_path), "--realtime", "--loop", "-o", "null",
                 "--control-allow-host", "studio.lan") as daemon:
+        daemon.wait_stats(lambda s: s.get("frames_out", 0) > 0)  # up and healthy: /health answers 200, not 503
         for host, status in (("studio.lan", 200), ("evil.example", 403)):
             conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
             conn.request("GET", "/health", headers={"Host": f"{host}:{daemon.port}"})
