@@ -123,14 +123,6 @@ def _checkerboard(height: int, width: int) -> np.ndarray:
     return board
 
 
-def find_tap(controller: object) -> MjpegTap | None:
-    """The preview tap among the controller's outputs (``controller.sinks``), if it has one."""
-    for sink in getattr(controller, "sinks", None) or ():
-        if isinstance(sink, MjpegTap):
-            return sink
-    return None
-
-
 @register_sink("preview")
 def preview_sink(spec: str, config: Config) -> MjpegTap:
     """Factory for ``preview``: attached automatically when the control API (and its web page) is on."""
