@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError, one_line
+from .ort import cpu_session, run_recurrent
 
 State = list  # r1..r4 (None: a fresh stream)
 
@@ -116,8 +117,6 @@ class OrtCoefficients:
     every stream of an engine (a batch of streams is one call)."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        from .ort import cpu_session
-
         model = lowres_model(path)
         self._small = model.graph.input[0].name
         self.session = cpu_session(model.SerializeToString(), threads or torch.get_num_threads())
@@ -125,7 +124,5 @@ class OrtCoefficients:
     def __call__(self, small: np.ndarray, state: State) -> tuple[np.ndarray, np.ndarray, State]:
         """``small`` float32 ``[B,3,h,w]`` (0..1) and r1..r4 (``None``: a fresh stream) → ``A, b``
         ``[B,4,h,w]`` and the next r1..r4."""
-        from .ort import run_recurrent
-
         (a, b), state = run_recurrent(self.session, {self._small: small}, state)
         return a, b, state
