@@ -71,7 +71,10 @@ def _check_frame(image: object) -> np.ndarray | Tensor:
 def as_frames(images: Sequence[np.ndarray | Tensor] | np.ndarray | Tensor) -> Tensor:
     """uint8 ``H x W x 3`` frames (a sequence, or one ``B x H x W x 3`` array) as one ``[B,H,W,3]`` tensor;
     a named error for anything else."""
-    batch = list(images)  # a sequence of frames, or the frames along a B x H x W x 3 array's first axis
+    if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 4 and len(images):
+        _check_frame(images[0])  # the frames of one array share its dtype and size: taken whole, not copied
+        return torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    batch = list(images)  # a sequence of frames
     if not batch:
         raise ValueError("no frames given")
     tensors = []
@@ -79,7 +82,7 @@ def as_frames(images: Sequence[np.ndarray | Tensor] | np.ndarray | Tensor) -> Te
         tensors.append(torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image)
     if len({tuple(t.shape) for t in tensors}) > 1:
         raise ValueError(f"frames of one call must share a size, got {sorted({tuple(t.shape[:2]) for t in tensors})}")
-    return torch.stack(tensors)
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)  # a lone frame: a view, not a copy
 
 
 class Engine:
@@ -264,7 +267,8 @@ class Engine:
               members: list[int]) -> Rows:
         """One network call for streams of one size and ratio."""
         if self.fullres == "fast":
-            frames = np.stack([image if isinstance(image, np.ndarray) else image.cpu().numpy() for image in images])
+            arrays = [image if isinstance(image, np.ndarray) else image.cpu().numpy() for image in images]
+            frames = np.ascontiguousarray(arrays[0])[None] if len(arrays) == 1 else np.stack(arrays)  # 1: no copy
             floats = frames.astype(np.float32)  # made once: the network's input and the refiner's guide
             a, b, rec = self._coefficients(downsample(floats, ratio), stack_states(states))
             _store(states, rec)
