@@ -128,41 +128,6 @@ def send_ts(url: str, size: tuple[int, int], seconds: float, codec: str, muxer: 
             time.sleep(1 / 30)
 
 
-def send_unannounced(url: str, size: tuple[int, int], seconds: float, stop: Any, out: Any) -> None:
-    """Child process: H.264 in MPEG-TS on a PID (0x1FF) that no PAT/PMT announces, over UDP: what a new sender
-    looks like to a demuxer that keeps the first sender's tables (its packets are dropped, silently)."""
-    import io
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    width, height = size
-    buf = io.BytesIO()
-    sent = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, av.open(buf, "w", format="mpegts") as container:
-        stream = container.add_stream("libx264", rate=30, options={"tune": "zerolatency", "g": "15"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        out.put({"first_frame_at": time.time()})
-        deadline, index = time.monotonic() + seconds, 0
-        while not stop.is_set() and time.monotonic() < deadline:
-            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), (30, 200, 30), np.uint8), format="rgb24")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-            data = buf.getvalue()
-            whole = sent + (len(data) - sent) // 188 * 188
-            packets = [bytearray(data[i:i + 188]) for i in range(sent, whole, 188)]
-            sent = whole
-            video = []
-            for packet in packets:
-                pid = ((packet[1] & 0x1F) << 8) | packet[2]
-                if pid == 0x100:
-                    packet[1], packet[2] = (packet[1] & 0xE0) | 0x01, 0xFF
-                    video.append(bytes(packet))
-            for i in range(0, len(video), 7):
-                sock.sendto(b"".join(video[i:i + 7]), (parts.hostname, parts.port))
-            index += 1
-            time.sleep(1 / 30)
-
-
 def try_open_sink(url: str, stop: Any, out: Any) -> None:
     """Child process: open a StreamSink at ``url`` and report the error type and message."""
     from rvm_live.config import Config

@@ -6,6 +6,7 @@ Everything here runs in the job's own process before any worker starts; it reads
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import math
@@ -142,6 +143,13 @@ def segment_frames(seconds: float, fps: float) -> int:
     return max(1, round(seconds * fps))
 
 
+def boundary(info: Probe, index: float) -> float:
+    """The timestamp (seconds) half a frame before frame ``index`` of a clip with rate ``info.fps``: a segment
+    boundary there puts every frame in exactly one segment whatever rounding its timestamp had."""
+    assert info.fps  # callers split only clips whose header gives a rate
+    return info.start + (index - 0.5) / info.fps
+
+
 def windows(info: Probe, length: int, warmup: int) -> list[Window]:
     """The segments of a clip of ``info.frames`` frames: ``length`` frames each (the last takes the rest),
     each starting ``warmup`` frames early. Boundaries sit half a frame before a frame's timestamp, so every
@@ -152,9 +160,7 @@ def windows(info: Probe, length: int, warmup: int) -> list[Window]:
     if count == 1:
         return []
 
-    def at(index: float) -> float:
-        return info.start + (index - 0.5) / info.fps
-
+    at = functools.partial(boundary, info)
     result = []
     for k in range(count):
         first = k * length
@@ -170,11 +176,11 @@ def plan_tasks(clips: list[Clip], outdir: str, *, segment_s: float | None, warmu
     tasks: list[Task] = []
     for clip in clips:
         info = probe(clip.source)
-        parts = windows(info, segment_frames(segment_s, info.fps), warmup) if segment_s and info.fps else []
+        length = segment_frames(segment_s, info.fps) if segment_s and info.fps else 0
+        parts = windows(info, length, warmup) if length else []
         if not parts:
             tasks.append(Task(clip.relative, clip, clip.output, info.frames))
             continue
-        length = segment_frames(segment_s, info.fps)  # type: ignore[arg-type]
         for w in parts:
             frames = length if w.index < w.count - 1 else info.frames - length * (w.count - 1)
             tasks.append(Task(f"{clip.relative}#{w.index}", clip, segment_path(outdir, clip, w), frames, w))

@@ -11,6 +11,7 @@ table in BENCHMARKS.md, and so ``DEFAULT_WARMUP``, come from this.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 from ..config import Config
 from ..frame import Frame
 from ..io.sinks.base import SinkBase
-from .plan import Probe, Window, probe
+from .plan import Probe, Window, boundary, probe
 from .segments import SegmentSource, WarmupDrop
 
 
@@ -39,6 +40,7 @@ class AlphaSink(SinkBase):
         alpha = frame.alpha if frame.alpha is not None else frame.image[..., 3]
         self.alpha[round(frame.pts, 6)] = alpha.astype(np.float32) / 255.0
 
+
 def matte_window(clip: str, window: Window, config: Config, engine: Any) -> list[np.ndarray]:
     """The alpha of every frame ``window`` keeps (warm-up dropped), in order, through the daemon."""
     from ..runtime.daemon import Daemon
@@ -50,9 +52,7 @@ def matte_window(clip: str, window: Window, config: Config, engine: Any) -> list
 
 
 def _window(info: Probe, first: int, warmup: int, last: int | None) -> Window:
-    def at(index: int) -> float:
-        return info.start + (index - 0.5) / info.fps
-
+    at = functools.partial(boundary, info)
     return Window(0, 1, at(first - warmup) if first else None, at(first) if first else None,
                   at(last) if last is not None else None, warmup)
 
