@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import MediaError, one_line
 from ..io._av import av, decoder_threads
 from .colors import color_hint, parse_color
-from .pictures import check_picture_size, cover_fit, read_picture, shrink_to_cover  # noqa: F401 (API)
+from .pictures import check_picture_size, cover_fit, read_picture, shrink_to_cover
 
 log = logging.getLogger(__name__)
 

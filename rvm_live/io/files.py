@@ -24,15 +24,11 @@ def _path(spec: str) -> Path:
 
 def file_output(spec: str) -> Path | None:
     """The resolved path an output spec writes, or None when it is not a file (vcam, null, a stream URL)."""
-    from .sinks import mjpeg, null, stream, vcam, window  # noqa: F401  (their names are not files)
-
     return _path(spec) if sink_key(spec) == "file" else None
 
 
 def file_source(spec: str) -> Path | None:
     """The resolved path of a source that is a file on disk, or None (camera, demo, network URL)."""
-    from .sources import camera, demo, stream  # noqa: F401  (their names are not files)
-
     return _path(spec) if source_key(spec) == "file" else None
 
 

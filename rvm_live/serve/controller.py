@@ -38,11 +38,6 @@ class Controller(Protocol):
         """The stream named ``stream`` (KeyError for an unknown id)."""
         ...
 
-    @property
-    def sinks(self) -> list[Any]:
-        """Every stream's outputs."""
-        ...
-
     def set_background(self, spec: str, stream: str | None = None) -> None:
         """Swap a stream's background; bad specs raise ValueError or MediaError."""
         ...
@@ -81,11 +76,6 @@ class ControllerBase:
         if stream is not None and stream != self.stream_id:
             raise KeyError(f"no such stream: {stream!r} (streams: {self.stream_id})")
         return OneStream(self.stream_id, self.outputs)
-
-    @property
-    def sinks(self) -> list[Any]:
-        """The stream's outputs."""
-        return self.outputs
 
     def streams(self) -> list[dict[str, Any]]:
         """The one stream's id and its health."""

@@ -80,8 +80,9 @@ class StatsCollector(Collector):
                     latency.add_metric([stream_id, q], value / 1000)
             for key, value in data.items():  # every other number (fps_out, downsample_ratio, paused, ...)
                 if key not in COUNTERS and _is_number(value):
-                    name = "rvm_live_" + _METRIC_NAME.sub("_", key)
-                    gauges.setdefault(key, GaugeMetricFamily(name, _gauge_help(key), labels=["stream"]))
+                    if key not in gauges:
+                        name = "rvm_live_" + _METRIC_NAME.sub("_", key)
+                        gauges[key] = GaugeMetricFamily(name, _gauge_help(key), labels=["stream"])
                     gauges[key].add_metric([stream_id], float(value))
         yield from (f for f in counters.values() if f.samples)
         if latency.samples:

@@ -21,11 +21,6 @@ class Uploads:
         self._count = 0
         self._latest: Path | None = None
 
-    @property
-    def folder(self) -> Path | None:
-        """The folder, while it exists."""
-        return self._dir
-
     def save(self, data: bytes, suffix: str) -> Path:
         """Write one upload; the previous one goes (the background decoded its file when it was set)."""
         with self._lock:

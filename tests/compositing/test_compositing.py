@@ -18,8 +18,8 @@ from rvm_live.compositing.backgrounds import (
     check_background,
     composite,
     parse_background,
-    parse_color,
 )
+from rvm_live.compositing.colors import parse_color
 from rvm_live.errors import MediaError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

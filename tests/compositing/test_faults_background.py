@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import corrupt_clip, run_cli, solid_frames, write_clip, write_frames
 
-from rvm_live.compositing.backgrounds import ImageBackground, VideoBackground, cover_fit, parse_background
+from rvm_live.compositing.backgrounds import ImageBackground, VideoBackground, parse_background
+from rvm_live.compositing.pictures import cover_fit
 from rvm_live.errors import MediaError
 
 SRC = torch.zeros(1, 3, 16, 16)

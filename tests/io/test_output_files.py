@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from helpers import run_cli, write_clip
@@ -20,6 +21,16 @@ def test_two_streams_writing_one_file_are_refused_whatever_the_spelling(tmp_path
     with pytest.raises(ConfigError, match=r"^output .*out.mp4: this stream already writes"):
         check_output_files([("0", "demo", [str(out), "null", str(out)])])
     check_output_files([("a", "camera:0", [str(out), "vcam", "null"]), ("b", "camera:1", [str(tmp_path / "b.mp4")])])
+
+
+def test_plug_in_names_are_not_files_even_before_any_plug_in_is_imported(tmp_path):
+    # a fresh interpreter: the check itself must make the built-in names known ("null" twice is no clash)
+    code = ("from rvm_live.io.files import check_output_files, file_output, file_source\n"
+            "assert [file_output(s) for s in ('vcam', 'null', 'window', 'preview')] == [None] * 4\n"
+            "assert [file_source(s) for s in ('demo', 'camera:0', '/dev/video0')] == [None] * 3\n"
+            "check_output_files([('0', 'demo', ['null', 'null'])])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_an_output_that_is_a_source_is_refused_by_path_and_by_inode(tmp_path):

@@ -159,7 +159,7 @@ def test_stream_ends_when_the_output_closes(server, controller):
 
 
 def test_no_preview_output_is_503(server, controller):
-    controller.sinks.clear()
+    controller.outputs.clear()
     status, _, body = call(server, "GET", "/stream.mjpg", headers=auth())
     assert status == 503 and "no live preview" in json.loads(body)["error"]
 

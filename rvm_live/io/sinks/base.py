@@ -61,11 +61,19 @@ class SinkBase:
 
 _REGISTRY: Registry[Sink] = Registry("output")
 register_sink = _REGISTRY.register
-sink_key = _REGISTRY.key
+
+
+def _register_builtins() -> None:
+    from . import mjpeg, null, stream, vcam, window  # noqa: F401  (they register themselves on import)
+
+
+def sink_key(spec: str) -> str:
+    """The registry key ``spec`` resolves to (``file`` for a path), the built-in plug-ins known."""
+    _register_builtins()
+    return _REGISTRY.key(spec)
 
 
 def create_sink(spec: str, config: Config) -> Sink:
     """Instantiate the sink named by ``spec`` (not yet opened)."""
-    from . import mjpeg, null, stream, vcam, window  # noqa: F401  (register the built-in plug-ins)
-
+    _register_builtins()
     return _REGISTRY.create(spec, config)

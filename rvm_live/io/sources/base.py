@@ -91,11 +91,19 @@ def _device_path(spec: str) -> str | None:
 
 _REGISTRY: Registry[Source] = Registry("source", aliases=_device_path)
 register_source = _REGISTRY.register
-source_key = _REGISTRY.key
+
+
+def _register_builtins() -> None:
+    from . import camera, demo, stream  # noqa: F401  (they register themselves on import)
+
+
+def source_key(spec: str) -> str:
+    """The registry key ``spec`` resolves to (``file`` for a path), the built-in plug-ins known."""
+    _register_builtins()
+    return _REGISTRY.key(spec)
 
 
 def create_source(spec: str, config: Config) -> Source:
     """Instantiate the source named by ``spec`` (not yet opened)."""
-    from . import camera, demo, stream  # noqa: F401  (register the built-in plug-ins)
-
+    _register_builtins()
     return _REGISTRY.create(spec, config)

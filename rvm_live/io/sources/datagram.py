@@ -75,7 +75,6 @@ class Datagrams:
         if unknown:
             log.warning("%s: ignoring the option(s) %s", url, ", ".join(unknown))
         self.dropped = 0  # bytes dropped because nobody read them in time
-        self.junk = 0  # datagrams skipped because they were not the stream's (see looks_like_mpegts)
         self.taken_arrival = 0.0  # monotonic arrival time of the data last handed to the demuxer
         self._chunks: collections.deque[tuple[float, bytes]] = collections.deque()
         self._held = 0
@@ -173,9 +172,8 @@ class Datagrams:
                 self._held -= len(self._chunks.popleft()[1])
 
     def discard(self) -> None:
-        """Forget everything held (datagrams that are not the stream's), counting them in ``junk``."""
+        """Forget everything held (datagrams that are not the stream's)."""
         with self._ready:
-            self.junk += len(self._chunks)
             self._chunks.clear()
             self._held = 0
 
@@ -193,7 +191,7 @@ class Datagrams:
     def looks_like_mpegts(self) -> bool:
         """Whether the data held is MPEG-TS (datagrams of whole 188-byte packets, sync byte 0x47), as almost every
         UDP video stream is: then the demuxer needs no format probe. Datagrams before the first TS one are junk
-        to a TS demuxer and are dropped (counted in ``junk``): a junk datagram first made the format probe wait
+        to a TS demuxer and are dropped: a junk datagram first made the format probe wait
         for 500 KB, half a minute of a small stream, which then came out as one stale burst."""
         with self._ready:
             first = next((i for i, (_, data) in enumerate(self._chunks) if _is_mpegts(data)), None)
@@ -201,7 +199,6 @@ class Datagrams:
                 return False
             for _ in range(first):
                 self._held -= len(self._chunks.popleft()[1])
-            self.junk += first
         if first:
             log.info("%s: skipped %d datagram(s) that are not MPEG-TS before the stream", self.url, first)
         return True
