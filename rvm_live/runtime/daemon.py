@@ -197,11 +197,6 @@ class Daemon:
         except KeyError:
             raise KeyError(f"no such stream: {stream!r} (streams: {', '.join(self._by_id)})") from None
 
-    @property
-    def sinks(self) -> list[Sink]:
-        """Every stream's outputs, in stream order (the web page finds its preview tap here)."""
-        return [sink for session in self.sessions for sink in session.sinks]
-
     def streams(self) -> list[dict[str, Any]]:
         """One line per stream: id, source, outputs and health."""
         return [{"id": s.id, "source": s.config.source, "outputs": [k.name for k in s.sinks], **s.health()}
