@@ -36,6 +36,7 @@ CALIBRATION_STEPS = 3  # a fresh governor's first decision: after this many meas
 MEMORY_S = 30.0  # how long a rung's measured time is trusted (load from other programs comes and goes)
 SETTLED_S = 10.0  # a rung held this long is remembered for the next start of the same kind of stream
 MEMORY_ENV = "RVM_LIVE_GOVERNOR_MEMORY"  # where settled rungs are kept (a JSON file; empty: nowhere)
+CALIBRATION_HEADROOM = 0.85  # a calibrated start leaves this much of the interval for what it did not time
 
 
 def ladder_ratios(height: int, width: int, top_ratio: float, ladder_px: Sequence[int] = LADDER_PX,
@@ -50,6 +51,27 @@ def ladder_ratios(height: int, width: int, top_ratio: float, ladder_px: Sequence
         if px >= floor_px and r < ratios[-1] - 1e-6 and short_side * r >= MIN_INTERNAL_PX:
             ratios.append(r)
     return ratios
+
+
+def calibrated_rung(ratios: Sequence[float], costs: dict[int, float], limit_ms: float,
+                    headroom: float = CALIBRATION_HEADROOM) -> int:
+    """The best rung a fresh stream can start at, from the network's time measured at some rungs before its first
+    frame (``costs``: rung index -> ms; the top and the floor): the time is taken as ``fixed + k·ratio²`` (a
+    straight line through the two points in the internal pixel count; one point: all of it scales), and the
+    first rung predicted within ``headroom`` of ``limit_ms`` wins; the floor when none is."""
+    if not costs:
+        raise ValueError("calibrated_rung needs at least one measured rung")
+    (i, ti), (j, tj) = (min(costs.items()), max(costs.items()))
+    ri, rj = ratios[i] ** 2, ratios[j] ** 2
+    if i == j or abs(ri - rj) < 1e-12:
+        slope, fixed = ti / ri, 0.0
+    else:  # measured noise can make the top look cheaper than the floor: then every rung costs the same
+        slope = max(0.0, (ti - tj) / (ri - rj))
+        fixed = ti - slope * ri
+    for rung, ratio in enumerate(ratios):
+        if fixed + slope * ratio ** 2 <= headroom * limit_ms:
+            return rung
+    return len(ratios) - 1
 
 
 class RungMemory:
@@ -117,6 +139,7 @@ class Governor:
         self.ratios = list(ratios)
         self.memory, self.memory_key = memory, memory_key
         recalled = memory.recall(memory_key) if memory is not None and memory_key else None
+        self.recalled = recalled is not None  # a start from memory: no calibration needed
         if recalled is not None:  # the rung nearest to what this kind of stream settled on last time
             start = min(range(len(self.ratios)), key=lambda i: abs(self.ratios[i] - recalled))
         self.rung = min(max(start, 0), len(self.ratios) - 1)
@@ -153,7 +176,7 @@ class Governor:
         decided = held >= self.dwell_s or (self._calibrating and self._measured >= CALIBRATION_STEPS)
         # a frame must be done within one interval to hold the rate, and a queue of one frame must not wait
         # beyond the budget
-        limit = min(self.interval_ms, self.budget_ms)
+        limit = self.limit_ms
         last = len(self.ratios) - 1
         if self.mean_ms > limit and decided and self.rung < last:
             # far over: straight down to the first rung that pixel-count scaling says could fit. That scaling
@@ -177,6 +200,21 @@ class Governor:
             self.memory.remember(self.memory_key, self.ratio)
         return None
 
+    @property
+    def limit_ms(self) -> float:
+        """What one frame may take: the source's interval, or the latency budget if that is shorter."""
+        return min(self.interval_ms, self.budget_ms)
+
+    def calibrate(self, costs: dict[int, float]) -> QualityChanged | None:
+        """Start at the rung that ``costs`` (ms per rung index, timed before the first frame) say fits: the
+        change to post, if any. A cold start then never spends its first second far behind the source."""
+        rung = calibrated_rung(self.ratios, costs, self.limit_ms)
+        if rung == self.rung:
+            return None
+        timed = ", ".join(f"{ms:.0f} ms at {self.ratios[i]:.3g}" for i, ms in sorted(costs.items()))
+        self.mean_ms = costs.get(self.rung)
+        return self._move(rung - self.rung, None, f"calibrated: {timed}")
+
     def _predict(self, rung: int, now: float) -> float:
         """Time per frame at ``rung``: scaled from this rung's by the internal pixel count, or what was
         measured there within ``MEMORY_S`` if that is worse."""
@@ -184,11 +222,13 @@ class Governor:
         known, when = self.cost_ms.get(rung, (0.0, -MEMORY_S))
         return max(scaled, known) if now - when < MEMORY_S else scaled
 
-    def _move(self, delta: int, now: float, reason: str) -> QualityChanged:
+    def _move(self, delta: int, now: float | None, reason: str) -> QualityChanged:
         previous = self.ratio
         self.rung += delta
         self._since, self._skip, self._measured = now, WARMUP_STEPS, 0
-        self._calibrating = self._remembered = False
+        # a calibrated start (now None: before the first frame) still gets the quick first decision
+        self._calibrating = now is None
+        self._remembered = False
         decision = QualityChanged(self.stream_id, self.ratio, previous, self.mean_ms or 0.0, reason)
         self.mean_ms = None
         return decision

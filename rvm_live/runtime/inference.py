@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1
 BATCH_WAIT_S = 0.004  # how long a batch may wait for another live stream's frame
+CALIBRATION_CALLS = 2  # timed network calls per rung when a stream with no remembered rung starts
 LIVE_OUTPUT_WAIT_S = 1.0  # how long a file job waits on a stuck live output before dropping a frame for it
 
 Member = tuple[Session, Frame, np.ndarray]  # a stream, its frame, and the picture the network sees
@@ -132,6 +133,8 @@ class InferenceStage:
         for session, frame in ready:
             self._maybe_reset(session, frame)
             image = session.input_image(frame)
+            if session.governed and not session.paused.is_set():
+                self._governor(session, image)  # before the network: a new stream's start rung is chosen first
             if session.paused.is_set():
                 done.append((session, [session.passthrough(frame, image)]))
             elif session.chunk > 1:
@@ -208,23 +211,49 @@ class InferenceStage:
         change goes on the bus (the session counts it, the daemon logs it)."""
         if not session.governed:
             return
-        governor = self._governors.get(session.id)
-        height, width = image.shape[:2]
-        if governor is None or governor.size != (height, width):
-            top = ratio_for(session.config.downsample, height, width)
-            # this kind of stream on this machine: the memory of where it settled is per engine, size and rate
-            key = f"{self.engine.runtime}/{self.engine.fullres}/{width}x{height}@{session.fps:.3g}/top{top:.4g}"
-            governor = self._governors[session.id] = Governor(
-                ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
-                budget_ms=session.config.latency_budget, size=(height, width), stream_id=session.id,
-                memory=self._rung_memory, memory_key=key)
-            if governor.ratio != session.state.ratio:  # a remembered rung: start there, not at the top
-                session.state.set_ratio(governor.ratio)
-        event = governor.observe(step_ms, time.monotonic())
+        event = self._governor(session, image).observe(step_ms, time.monotonic())
         if isinstance(event, QualityChanged):
             session.state.set_ratio(event.ratio)
         if event is not None:
             self.bus.post(event)
+
+    def _governor(self, session: Session, image: np.ndarray) -> Governor:
+        """The stream's governor for this frame size, made (and its start rung chosen) on the first frame of a
+        size: the rung remembered for this kind of stream, else a calibration on this frame."""
+        governor = self._governors.get(session.id)
+        height, width = image.shape[:2]
+        if governor is not None and governor.size == (height, width):
+            return governor
+        top = ratio_for(session.config.downsample, height, width)
+        # this kind of stream on this machine: the memory of where it settled is per engine, size and rate
+        key = f"{self.engine.runtime}/{self.engine.fullres}/{width}x{height}@{session.fps:.3g}/top{top:.4g}"
+        governor = self._governors[session.id] = Governor(
+            ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
+            budget_ms=session.config.latency_budget, size=(height, width), stream_id=session.id,
+            memory=self._rung_memory, memory_key=key)
+        if not governor.recalled and len(governor.ratios) > 1:
+            event = governor.calibrate(self._calibration(image, governor.ratios))
+            if event is not None:
+                self.bus.post(event)
+        session.state.prepare(height, width)  # as the network call would: a new size starts a fresh state
+        if governor.ratio != session.state.ratio:  # a remembered or calibrated rung: start there, not at the top
+            session.state.set_ratio(governor.ratio)
+        return governor
+
+    def _calibration(self, image: np.ndarray, ratios: list[float]) -> dict[int, float]:
+        """The network's time on ``image`` at the top and the bottom rung (ms, the best of a few calls, each from
+        a fresh state so that nothing is compiled for shapes the stream may never use), times the number of
+        governed streams that share each call."""
+        shared = sum(1 for s in self.sessions if s.governed)
+        costs = {}
+        for rung in (0, len(ratios) - 1):
+            times = []
+            for _ in range(CALIBRATION_CALLS + 1):  # the first call at a size sets up its buffers: not counted
+                start = time.perf_counter()
+                self.engine.infer([image], [self.engine.new_state(ratios[rung])])
+                times.append((time.perf_counter() - start) * 1000)
+            costs[rung] = min(times[1:]) * shared
+        return costs
 
     # ----- fan-out -------------------------------------------------------------------------------------
     def _hand_over(self, worker: SinkWorker, frame: Frame) -> bool:

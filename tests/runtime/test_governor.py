@@ -9,7 +9,7 @@ import pytest
 from helpers import write_frames
 
 from rvm_live.bus import QualityChanged, QualityFloor
-from rvm_live.runtime.governor import QUALITY_FLOOR_PX, Governor, RungMemory, ladder_ratios
+from rvm_live.runtime.governor import QUALITY_FLOOR_PX, Governor, RungMemory, calibrated_rung, ladder_ratios
 
 
 class SlowEngine:
@@ -126,6 +126,39 @@ def test_a_settled_rung_is_remembered_and_the_next_start_begins_there(tmp_path):
     other = Governor(ratios, interval_ms=1000 / 30, memory=memory, memory_key="torch/fast/1280x720@30")
     assert other.ratio == ratios[0]  # another kind of stream starts at the top
     assert RungMemory(None).recall("x") is None  # off: nothing recalled (and nothing written)
+
+
+def test_a_calibrated_start_is_the_best_rung_a_line_through_the_measured_times_says_fits():
+    ratios = ladder_ratios(720, 1280, 0.375)  # 0.375, 0.35, 0.3, 0.275, 0.25, 0.225, 0.2
+    engine = SlowEngine(fixed_ms=6.0, per_ratio2_ms=400.0)  # top 62 ms, floor 22 ms
+    costs = {0: engine.step_ms(ratios[0]), len(ratios) - 1: engine.step_ms(ratios[-1])}
+    rung = calibrated_rung(ratios, costs, 1000 / 30)
+    fits = [r for r in ratios if engine.step_ms(r) <= 0.85 * 1000 / 30]
+    assert ratios[rung] == fits[0] == 0.225  # the line is exact for this engine: the first rung that fits
+    assert calibrated_rung(ratios, {0: 20.0, 6: 10.0}, 1000 / 30) == 0  # fast: the top
+    assert calibrated_rung(ratios, {0: 300.0, 6: 90.0}, 1000 / 30) == len(ratios) - 1  # hopeless: the floor
+    assert calibrated_rung(ratios, {0: 25.0, 6: 40.0}, 1000 / 30) == 0  # noise (top cheaper): flat at the top's
+    assert calibrated_rung([0.5], {0: 90.0}, 1000 / 30) == 0
+    with pytest.raises(ValueError):
+        calibrated_rung(ratios, {}, 33.3)
+
+
+def test_a_calibrated_start_skips_the_slow_first_second_and_still_corrects_itself():
+    ratios = ladder_ratios(720, 1280, 0.375)
+    engine = SlowEngine(fixed_ms=6.0, per_ratio2_ms=400.0)
+    gov = Governor(ratios, interval_ms=1000 / 30)
+    event = gov.calibrate({0: engine.step_ms(ratios[0]), 6: engine.step_ms(ratios[6])})
+    assert isinstance(event, QualityChanged) and event.previous == 0.375 and event.ratio == gov.ratio == 0.225
+    assert event.reason.startswith("calibrated: 62 ms at 0.375, 22 ms at 0.2")
+    _, decisions = drive(gov, engine, 30.0)  # it was right (26 ms; 0.25 would take 31): nothing to change
+    assert decisions == [] and gov.ratio == 0.225
+    engine.load = 2.0  # the calibration was too kind (another program came): the quick first decision fixes it
+    slow = Governor(ratios, interval_ms=1000 / 30)
+    slow.calibrate({0: 62.0 / 2, 6: 22.0 / 2})
+    assert slow.ratio == 0.35
+    t, decisions = drive(slow, engine, 1.0)
+    assert decisions and decisions[0][0] < 0.5 and slow.ratio < decisions[0][1].previous
+    assert Governor(ratios, interval_ms=1000 / 30).calibrate({0: 20.0, 6: 10.0}) is None  # fits at the top
 
 
 def test_governor_keeps_a_fast_stream_at_the_top():
@@ -248,11 +281,55 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     assert stats["quality"] == "auto" and stats["quality_changes"] >= 1
     assert stats["downsample_ratio"] < 1.0
     assert f'rvm_live_downsample_ratio{{stream="0"}} {stats["downsample_ratio"]}' in metrics.decode()
+    # a fresh stream is calibrated before its first frame (the slowed top rung does not fit): the first change
     changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("quality: downsample 0.75 -> ")]
-    assert changes and re.fullmatch(r"quality: downsample 0\.75 -> 0\.[1-6]\d* \(\d+ ms per frame > 33 ms\)",
-                                    changes[0]), caplog.text
+    assert changes and re.fullmatch(r"quality: downsample 0\.75 -> 0\.[1-6]\d* \(calibrated: \d+ ms at 0\.75, "
+                                    r"\d+ ms at 0\.4\)", changes[0]), caplog.text
     sizes = {f.image.shape for _, f in sink.frames}
     assert sizes == {(360, 640, 3)}  # the output keeps its size whatever the internal one
+
+
+@pytest.mark.slow
+def test_a_fresh_live_stream_is_calibrated_before_its_first_frame(tmp_path, carphone_frames, monkeypatch, caplog):
+    """No remembered rung: the daemon times its real engine (slowed as a busy machine would be) at the top and
+    the floor on the first frame, and the stream's own first frame already runs at the rung that fits: none of
+    its frames waits for the top rung's 84 ms."""
+    import time
+
+    from helpers import RecordingSink
+
+    from rvm_live.config import Config
+    from rvm_live.engine.state import ratio_for
+    from rvm_live.runtime.daemon import Daemon
+
+    config = Config(source=str(clip_360p(tmp_path, carphone_frames)), realtime=True, loop=True, fullres="fast",
+                    engine="onnxruntime")
+    sink = RecordingSink("live", live=True)
+    daemon = Daemon(config, sinks=[sink])
+    real, stream_ratios, probes = daemon.engine.infer, [], []
+
+    def slowed(images, states):
+        ratio = states[0].ratio or ratio_for(states[0].ratio_setting, *images[0].shape[:2])  # not stepped yet
+        time.sleep(0.15 * ratio ** 2)
+        (stream_ratios if states[0] is daemon.sessions[0].state else probes).append(ratio)
+        return real(images, states)
+
+    monkeypatch.setattr(daemon.engine, "infer", slowed)
+    caplog.set_level("INFO", logger="rvm_live")
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.frames) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.stop()
+        daemon.wait(10)
+        daemon.close()
+    ratios = ladder_ratios(360, 640, 0.75)
+    assert sorted(set(probes)) == [ratios[-1], ratios[0]]  # the top and the floor were timed, from fresh states
+    assert stream_ratios and stream_ratios[0] < ratios[0]  # the stream never ran at the top
+    assert max(stream_ratios) < ratios[0] and len(sink.frames) >= 5
+    assert "(calibrated: " in caplog.text
 
 
 @pytest.mark.slow
