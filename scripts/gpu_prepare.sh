@@ -73,10 +73,14 @@ for name in os.environ["QUALITY_CLIPS"].split(","):
     quality_data.person_layer(spec.person, spec.start + int(os.environ["QUALITY_FRAMES"]))
 onnx.unlink()  # the state dict replaces it, which keeps the carry small
 PY
-# the carried wheels resolve offline for the GPU machine's Python and platform
-PIP_NO_INDEX=1 python3 -m pip download -q --no-deps "${target[@]}" --find-links .gpu-wheels \
-    -d "$(mktemp -d)" "${pins[@]}"
+# the carried wheels alone (no index, no configured find-links) resolve for the GPU machine's Python and platform
+check=$(mktemp -d)
+env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 python3 -m pip download -q --no-deps "${target[@]}" \
+    --find-links .gpu-wheels -d "$check" "${pins[@]}"
+rm -rf "$check"
 du -sh $CARRY_PATHS
+paths=$(wc -w <<<"$CARRY_PATHS")
+test "$paths" -le 8 || { echo "gpu_prepare: $paths carried paths (the device tool takes 8)" >&2; exit 1; }
 total=$(du -sbc $CARRY_PATHS | tail -1 | cut -f1)
 echo "gpu_prepare: carry $CARRY_PATHS = $total bytes (limit $CARRY_MAX_BYTES)"
 test "$total" -le "$CARRY_MAX_BYTES" || { echo "gpu_prepare: carry is $total bytes (> $CARRY_MAX_BYTES)" >&2; exit 1; }

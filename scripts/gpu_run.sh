@@ -12,6 +12,8 @@
 #                       PIP_NO_INDEX=1 GPU_RUN_SIMULATE=1 GPU_PYTHON=.gpu-sim/bin/python bash scripts/gpu_run.sh
 #                       Its limits are GPU_RUN_LIMIT_SCALE (default 4) times the GPU's: this machine is slower.
 #   GPU_RUN_CACHE=DIR   use this asset cache as it is, not a copy of .rvm-cache (a test's simulation: the suite's)
+#   GPU_RUN_STEPS=a,b   run only these steps (and preflight, wheels), e.g. a rerun of the failed ones; the live
+#                       and batch steps read what the clips step writes
 #   GPU_RUN_LIST=1      print each step as a JSON list (name, limit, argv...) instead of running it (tests)
 set -u
 cd "$(dirname "$0")/.."
@@ -38,8 +40,10 @@ else
     SCALE=1
 fi
 [ "$LIST" = 1 ] || mkdir -p "$OUT" "$WORK"
-export PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:$SITE RVM_LIVE_CACHE=${GPU_RUN_CACHE:-$WORK/cache} \
-    RVM_LIVE_OFFLINE=1
+# pip sees the carried wheels alone: no index, no configured find-links or constraints (as on the GPU machine)
+unset PIP_FIND_LINKS PIP_CONSTRAINT
+export PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PYTHONUNBUFFERED=1 PYTHONPATH=$ROOT:$SITE \
+    RVM_LIVE_CACHE=${GPU_RUN_CACHE:-$WORK/cache} RVM_LIVE_OFFLINE=1
 
 pack() {  # what comes back: the step log, every JSON in one with the targets judged, the logs
     cp "$WORK/steps.txt" "$OUT/steps.txt"
@@ -50,6 +54,7 @@ pack() {  # what comes back: the step log, every JSON in one with the targets ju
 step() {  # step NAME SECONDS CMD...: run with a time limit, log to $WORK/NAME.log, note the exit status
     local name=$1 limit=$(($2 * SCALE))
     shift 2
+    case "$name" in preflight | wheels) ;; *) [[ ",${GPU_RUN_STEPS:-$name}," == *",$name,"* ]] || return 0 ;; esac
     if [ "$LIST" = 1 ]; then
         python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$name" "$limit" "$@"
         return
@@ -62,9 +67,10 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $WORK/NAME.l
 }
 
 [ "$LIST" = 1 ] || [ -n "${GPU_RUN_CACHE:-}" ] || { rm -rf "$WORK/cache" && cp -r .rvm-cache "$WORK/cache"; }
-# 20 s: the machine as found (Python, torch, CUDA, the card, which modules import) and nvidia-smi
-step preflight 10 "$PY" -m rvm_live.tools.gpu_check preflight --out "$WORK/preflight.json"
-step nvidia_smi 10 nvidia-smi
+# 25 s: the machine as found (Python, torch, CUDA, the card, which modules import; torch's first import on a fresh
+# machine is the slow one) and nvidia-smi
+step preflight 20 "$PY" -m rvm_live.tools.gpu_check preflight --out "$WORK/preflight.json"
+step nvidia_smi 5 nvidia-smi
 # 30 s: the carried wheels of what does not import here, offline (twins: the simulation's Python)
 # shellcheck disable=SC2086  # GPU_WHEELS is a list of names
 missing=$("$PY" -c 'import importlib.util as u, sys; print(" ".join(n for n in sys.argv[1:] if not u.find_spec(n)))' \
@@ -76,10 +82,10 @@ links=(--find-links .gpu-wheels)
     --target "$SITE" "${links[@]}" $missing
 # 75 s: the GPU-marked tests (only their files: others may import what is not carried, e.g. ray)
 step pytest_gpu 75 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$WORK/pytest_gpu.xml" \
-    $(grep -rl --include='*.py' 'mark\.gpu' tests | sort)
-# 130 s: model-only fps (MobileNetV3 fp16 1080p and 4K, ResNet50 fp16 1080p random weights), the 720p roundtrip,
+    $(grep -rl --include='*.py' '@pytest\.mark\.gpu' tests | sort)
+# 125 s: model-only fps (MobileNetV3 fp16 1080p and 4K, ResNet50 fp16 1080p random weights), the 720p roundtrip,
 # fp16 vs fp32 |d alpha| on the demo clip at 720p, the graph/chunk interplay
-step gpu_check 130 "$PY" -m rvm_live.tools.gpu_check check $CHECK --out "$WORK/gpu_check.json"
+step gpu_check 125 "$PY" -m rvm_live.tools.gpu_check check $CHECK --out "$WORK/gpu_check.json"
 # 30 s: the live sources, CLIP_FRAMES frames at 30 fps (8 s)
 sizes=()
 for size in $LIVE; do sizes+=(--size "$size"); done

@@ -24,7 +24,8 @@ STEP_LIMIT_SUM = 520  # issue 23: one device call of at most 9 minutes, with the
 
 def recipe_steps(simulate: bool) -> list[list[str]]:
     """gpu_run.sh's steps as ``[name, limit, program, args...]``, listed by the script itself (GPU_RUN_LIST)."""
-    env = {**os.environ, "GPU_RUN_LIST": "1", "GPU_RUN_SIMULATE": "1" if simulate else "0", "GPU_PYTHON": "python3"}
+    env = {**os.environ, "GPU_RUN_LIST": "1", "GPU_RUN_SIMULATE": "1" if simulate else "0", "GPU_PYTHON": "python3",
+           "GPU_RUN_STEPS": ""}
     out = subprocess.run(["bash", str(RUN)], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
@@ -59,11 +60,15 @@ def _check_cli(args: list[str]) -> None:
         cli.ConfigSource(args).load()
 
 
+GPU_MARK = "@pytest.mark." + "gpu"  # spelled so that this file is not one of them
+
+
 def _check_pytest(args: list[str]) -> None:
+    """The GPU step runs exactly the files that hold GPU-marked tests, with ``-m gpu``."""
     files = [a for a in args if a.endswith(".py")]
-    assert files and "gpu" in args, f"pytest should run the GPU-marked files with -m gpu: {args}"
-    for path in files:
-        assert "mark.gpu" in (ROOT / path).read_text(), f"{path} has no GPU-marked test"
+    assert args[args.index("-m") + 1] == "gpu", f"pytest should select -m gpu: {args}"
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if GPU_MARK in p.read_text())
+    assert files == marked, f"pytest runs {files}, the GPU-marked tests are in {marked}"
 
 
 ARG_CHECKS = {
@@ -143,7 +148,7 @@ def test_the_summary_judges_each_target_and_says_what_was_not_measured(tmp_path)
                                                              {"streams": 16, "daemon": {"total_fps": 400.0}}]}}
     for stem, data in files.items():
         (tmp_path / f"{stem}.json").write_text(json.dumps(data))
-    (tmp_path / "steps.txt").write_text("gpu_check rc=0 limit=130s took=60s\n")
+    (tmp_path / "steps.txt").write_text("gpu_check rc=0 limit=125s took=60s\n")
     report = gpu_check.summarize(tmp_path)
     met = {v["target"].split(" ", 1)[1] if v["target"].startswith("MobileNetV3") else v["target"]: v["met"]
            for v in report["targets"]}
@@ -154,7 +159,7 @@ def test_the_summary_judges_each_target_and_says_what_was_not_measured(tmp_path)
     # 4 x 30 x 0.97 = 116.4 <= 118 (held), 16 x 30 x 0.97 = 465.6 > 400 (not held): 4 streams held, target 16
     assert report["results"]["streams"]["held"] == 4 and met["720p30 streams held at 30 fps in one process"] is False
     assert [met[k] for k in met if "fp16 vs fp32" in k] == [True, False]
-    assert report["steps"] == ["gpu_check rc=0 limit=130s took=60s"]
+    assert report["steps"] == ["gpu_check rc=0 limit=125s took=60s"]
 
 
 def test_the_carphone_person_layer_reads_the_demo_clip():
@@ -187,7 +192,7 @@ def test_the_simulated_run_completes_every_step(tmp_path):
     from rvm_live.assets import cache_dir
 
     env = {**os.environ, "GPU_RUN_SIMULATE": "1", "GPU_PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
-           "GPU_RUN_WORK": str(tmp_path / "work"), "GPU_RUN_CACHE": str(cache_dir())}
+           "GPU_RUN_WORK": str(tmp_path / "work"), "GPU_RUN_CACHE": str(cache_dir()), "GPU_RUN_STEPS": ""}
     subprocess.run(["bash", str(RUN)], env=env, cwd=ROOT, check=True, timeout=1200, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs.tar.gz", "results.json", "steps.txt"]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -195,8 +200,8 @@ def test_the_simulated_run_completes_every_step(tmp_path):
     assert not failed, failed
     results = report["results"]
     assert all("fps" in run["model"] for run in results["gpu_check"]["runs"].values()), results["gpu_check"]
-    live = results["live_320x180"]
-    assert live["frames_out"] == 30 and live["lost"] == 0
+    live = results["live_320x180"]  # played live on a slow CPU: frames may be dropped, the freshest kept
+    assert live["frames_in"] == 30 and live["frames_out"] >= 1 and live["lost"] == 30 - live["frames_out"]
     assert [row["streams"] for row in results["streams"]["rows"]] == [1, 2]
     assert {"cuda-fp32 exact", "cuda-fp16 exact"} <= {row["setting"] for row in results["quality_cuda"]["rows"]}
     assert results["batch"]["done"] == 1 and results["preflight"]["cuda"] is False
