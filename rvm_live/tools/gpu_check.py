@@ -140,7 +140,21 @@ def run_check(out: Path, *, device: str = "cuda", tiny: bool = False) -> dict[st
     size = {"width": TINY["width"], "height": TINY["height"], "frames": 8} if tiny else {}
     _guarded(report, "fp16_fidelity_1280x720", lambda: fp16_fidelity(device=device, **size), save)
     _guarded(report, "chunk_interplay_1280x720", lambda: chunk_interplay(device=device, **size), save)
+    report["failed"] = failures(report)
+    save()
     return report
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """The parts of a ``check`` report that failed: an error, or a row the bench could not time (its reason in
+    the row); a skipped row (``--no-e2e``, onnxruntime off) is no failure."""
+    failed = [key for key in ("fp16_fidelity_1280x720", "chunk_interplay_1280x720") if "error" in report.get(key, {})]
+    for label, run in report["runs"].items():
+        untimed = any((run.get(row) or {}).get("available") is False for row in ("model", "roundtrip"))
+        pipeline_failed = str((run.get("end_to_end") or {}).get("reason", "")).startswith("failed")
+        if "error" in run or untimed or pipeline_failed:
+            failed.append(label)
+    return failed
 
 
 def preflight() -> dict[str, Any]:
@@ -252,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; 0 unless it could not run (``check``: no such device)."""
+    """Run one subcommand: 0, or 2 when ``check`` has no such device, 1 when a part of it failed (its error is in
+    the JSON, next to what the other parts measured)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("check", "preflight", "clips", "summary", "-h", "--help"):
         argv.insert(0, "check")
@@ -276,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             sys.stderr.write(f"gpu_check: {exc}\n")
             return 2
-        run_check(args.out, device=args.device, tiny=args.tiny)
-        sys.stdout.write(f"wrote {args.out}\n")
+        report = run_check(args.out, device=args.device, tiny=args.tiny)
+        sys.stdout.write(f"wrote {args.out}; failed: {', '.join(report['failed']) or 'nothing'}\n")
+        return 1 if report["failed"] else 0
     return 0
 
 

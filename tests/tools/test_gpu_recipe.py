@@ -162,6 +162,16 @@ def test_the_summary_judges_each_target_and_says_what_was_not_measured(tmp_path)
     assert report["steps"] == ["gpu_check rc=0 limit=125s took=60s"]
 
 
+def test_a_check_names_its_failed_parts_and_not_its_skipped_ones():
+    skipped = {"available": False, "reason": "skipped (--no-e2e)"}
+    report = {"runs": {"ok": {"model": {"fps": 9.0}, "end_to_end": skipped},
+                       "oom": {"model": {"available": False, "reason": "OutOfMemoryError: CUDA out of memory"}},
+                       "e2e": {"model": {"fps": 9.0}, "end_to_end": {"available": False, "reason": "failed: OSError"}},
+                       "crash": {"error": "RuntimeError: CUDA error"}},
+              "fp16_fidelity_1280x720": {"error": "ValueError: no CUDA"}, "chunk_interplay_1280x720": {"frames": 48}}
+    assert gpu_check.failures(report) == ["fp16_fidelity_1280x720", "oom", "e2e", "crash"]
+
+
 def test_the_carphone_person_layer_reads_the_demo_clip():
     frames = quality_data._carphone(2)  # the quality benchmark's only moving person; its layer is made from these
     assert len(frames) == 2 and max(frames[0].shape[:2]) == quality_data.LAYER_LONG_SIDE
