@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# Prepare, on a machine with PyPI access, what scripts/gpu_run.sh needs on a bare offline GPU machine
-# (Python 3.12 with torch, onnxruntime, opencv, prometheus-client, tqdm, pillow; no network):
-#   .gpu-wheels/  PyAV, pyvirtualcam, platformdirs and pytest (+ its dependencies), cp312 wheels, no sdists
-#   .rvm-cache/   the demo clip, and the official MobileNetV3 weights (imported from the official ONNX
-#                 export, verified by SHA-256) re-saved as a state dict, so the GPU machine needs no `onnx`
-# Both are git-ignored; carry them with the device tool (together <= 60 MB).
+# Prepare here (PyPI reachable) what scripts/gpu_run.sh needs on a bare, offline GPU machine (issue 23):
+#   .gpu-wheels/  $GPU_WHEELS (scripts/gpu_recipe.env) for CPython $GPU_PYTHON_VERSION on manylinux x86-64, no sdists
+#   .rvm-cache/   the demo clip; the official MobileNetV3 weights (imported from the official ONNX export, verified
+#                 by SHA-256) re-saved as a state dict, so the GPU machine needs no `onnx`; the quality
+#                 benchmark's person layers for $QUALITY_CLIPS x $QUALITY_FRAMES frames
+# Both are git-ignored; carry both with the device tool (BENCHMARKS.md, "How to run it when a GPU is lent").
+# Ends by resolving every wheel again with pip's index off, for the GPU machine's Python and platform.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/gpu_recipe.env
+rm -rf .gpu-wheels .rvm-cache
 mkdir -p .gpu-wheels .rvm-cache
-pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --no-deps -d .gpu-wheels \
-    av pyvirtualcam platformdirs pytest pluggy iniconfig packaging pygments
-PYTHONPATH=$PWD RVM_LIVE_CACHE=$PWD/.rvm-cache python3 - <<'PY'
+platforms=()
+for p in $GPU_PLATFORMS; do platforms+=(--platform "$p"); done
+target=(--only-binary=:all: --python-version "$GPU_PYTHON_VERSION" --implementation cp "${platforms[@]}")
+# the versions installed here (the ones the test suite ran with), where they are
+read -r -a pins < <(python3 -c 'import sys
+from importlib.metadata import PackageNotFoundError, version
+def pin(name):
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
+print(" ".join(map(pin, sys.argv[1:])))' $GPU_WHEELS)
+python3 -m pip download -q --no-deps "${target[@]}" -d .gpu-wheels "${pins[@]}"
+PYTHONPATH=$PWD RVM_LIVE_CACHE=$PWD/.rvm-cache QUALITY_FRAMES=$QUALITY_FRAMES QUALITY_CLIPS=$QUALITY_CLIPS \
+    python3 - <<'PY'
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +36,7 @@ from platformdirs import user_cache_dir
 from rvm_live.assets import CARPHONE, cache_dir, fetch, sha256_file
 from rvm_live.model.fold import conv_bn_pairs
 from rvm_live.model.network import MattingNetwork
+from rvm_live.tools import quality_data
 from rvm_live.weights import MOBILENETV3_ONNX_MIRROR, load_onnx_weights, official_asset
 
 default = Path(user_cache_dir("rvm-live"))
@@ -50,8 +66,21 @@ dest = cache_dir() / official_asset("mobilenetv3").filename
 torch.save(state, dest)
 # the cache trusts an unpinned file only with a pin next to it (assets.fetch): pin what was just written
 dest.with_name(dest.name + ".sha256").write_text(sha256_file(dest) + "\n")
-onnx.unlink()  # the state dict replaces it, which keeps the carry under 60 MB
+# the quality benchmark's person layers: made with the export, which stays behind
+specs = {spec.name: spec for spec in quality_data.CLIPS}
+for name in os.environ["QUALITY_CLIPS"].split(","):
+    spec = specs[name]
+    quality_data.person_layer(spec.person, spec.start + int(os.environ["QUALITY_FRAMES"]))
+onnx.unlink()  # the state dict replaces it, which keeps the carry small
 PY
-du -sh .gpu-wheels .rvm-cache
-total=$(du -sbc .gpu-wheels .rvm-cache | tail -1 | cut -f1)
-test "$total" -le 62914560 || { echo "gpu_prepare: carry is $total bytes (> 60 MB)" >&2; exit 1; }
+# the carried wheels alone (no index, no configured find-links) resolve for the GPU machine's Python and platform
+check=$(mktemp -d)
+env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 python3 -m pip download -q --no-deps "${target[@]}" \
+    --find-links .gpu-wheels -d "$check" "${pins[@]}"
+rm -rf "$check"
+du -sh $CARRY_PATHS
+paths=$(wc -w <<<"$CARRY_PATHS")
+test "$paths" -le 8 || { echo "gpu_prepare: $paths carried paths (the device tool takes 8)" >&2; exit 1; }
+total=$(du -sbc $CARRY_PATHS | tail -1 | cut -f1)
+echo "gpu_prepare: carry $CARRY_PATHS = $total bytes (limit $CARRY_MAX_BYTES)"
+test "$total" -le "$CARRY_MAX_BYTES" || { echo "gpu_prepare: carry is $total bytes (> $CARRY_MAX_BYTES)" >&2; exit 1; }

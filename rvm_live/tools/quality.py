@@ -46,6 +46,8 @@ WARMUP_FRAMES = 3
 TIMING_ROUNDS, TIMING_BLOCK = 3, 6  # the timing pass: rounds x frames per setting
 QUICK_TIMING = (1, 3)
 BLOCK_GAP_S = 0.1
+# the torch engine on a GPU (exact stage, RVM's ratio) in fp32 and fp16: run only when named (--engines), on --gpu
+CUDA_ENGINES = {"cuda-fp32": False, "cuda-fp16": True}  # name: fp16
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,20 @@ class _Model:
     ``Engine.infer`` and ``Engine.render``, rendered as RGBA over a transparent background (alpha and foreground,
     exactly as an output that takes alpha gets them)."""
 
-    _engines: dict[tuple[str, str], Any] = {}  # one engine (model) per runtime and stage, shared by its rows
+    _engines: dict[tuple[str, str, str], Any] = {}  # one engine (model) per runtime, stage and device: shared
 
-    def __init__(self, setting: Setting) -> None:
+    def __init__(self, setting: Setting, gpu: str = "cuda") -> None:
         import torch
 
         from ..compositing.backgrounds import parse_background
         from ..engine.core import Engine
         from ..engine.render import RenderPlan
 
-        key = (setting.engine, setting.fullres)
-        if key not in self._engines:
+        on_gpu = setting.engine in CUDA_ENGINES
+        key = (setting.engine, setting.fullres, gpu if on_gpu else "cpu")
+        if key not in self._engines and on_gpu:  # the daemon's CUDA engine: torch, exact stage, graphs
+            self._engines[key] = Engine("mobilenetv3", device=gpu, fp16=CUDA_ENGINES[setting.engine])
+        elif key not in self._engines:
             self._engines[key] = Engine("mobilenetv3", runtime=setting.engine, fullres=setting.fullres, device="cpu",
                                         threads=torch.get_num_threads())
         self.engine, self.ratio = self._engines[key], setting.ratio
@@ -145,6 +150,7 @@ RUNNERS: dict[tuple[str, str], Callable[[Setting], Runner]] = {
     (PEER, ""): _MediaPipe,
     ("alpha=0", ""): _Constant,
     ("alpha=1", ""): _Constant,
+    **{(engine, "exact"): _Model for engine in CUDA_ENGINES},
 }
 
 
@@ -190,6 +196,7 @@ def settings_for(height: int, width: int, engines: list[str], quick: bool = Fals
         rows += [Setting(e, "fast", r, "ladder") for e in models[1:] if e in WHOLE_LADDER for r in rungs]
         combos = [("torch", "exact")] if quick else [(e, f) for e in models for f in FULLRES if (e, f) in RUNNERS]
         rows += [Setting(e, f, top, "engines") for e, f in combos if (e, f) != (main, "fast") and e in models]
+    rows += [Setting(e, "exact", top, "engines") for e in CUDA_ENGINES if e in engines]
     if PEER in engines:
         rows.append(Setting(PEER, role="peer"))
     rows += [Setting("alpha=0", role="baseline"), Setting("alpha=1", role="baseline")]
@@ -269,15 +276,15 @@ def parse_sizes(text: str) -> list[tuple[str, int, int]]:
 def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], engines: list[str], *,
                   quick: bool = False, clips: list[str] | None = None, progress: TextIO | None = None,
                   extra: Callable[[int, int], list[Setting]] | None = None,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, gpu: str = "cuda") -> dict[str, Any]:
     """Score and time every setting at every size (``frames`` per clip: one count, or one per size); the
     report (see :func:`~.quality_report.format_table` and the JSON). ``extra(height, width)``: more settings per size;
-    ``threads``: CPU threads of both engines (default: torch's)."""
+    ``threads``: CPU threads of both engines (default: torch's); ``gpu``: where the :data:`CUDA_ENGINES` rows run."""
     import torch
 
-    unknown = [e for e in engines if e not in (*MODEL_ENGINES, PEER)]
+    unknown = [e for e in engines if e not in (*MODEL_ENGINES, *CUDA_ENGINES, PEER)]
     if unknown:
-        known = ", ".join([*MODEL_ENGINES, PEER])
+        known = ", ".join([*MODEL_ENGINES, *CUDA_ENGINES, PEER])
         raise ValueError(f"unknown engine(s) {', '.join(unknown)}; expected some of {known}")
     counts = frames if isinstance(frames, list) else [frames] * len(sizes)
     if len(counts) != len(sizes) or min(counts) < 1:
@@ -306,17 +313,18 @@ def run_benchmark(sizes: list[tuple[str, int, int]], frames: int | list[int], en
             say(f"skipped {size} clip {name}: {why}")
         if loaded:
             settings = settings_for(height, width, engines, quick) + (extra(height, width) if extra else [])
-            report["rows"] += _run_size(size, width, height, loaded, settings, say, (rounds, block))
+            report["rows"] += _run_size(size, width, height, loaded, settings, say, (rounds, block), gpu)
     return report
 
 
 def _run_size(size: str, width: int, height: int, clips: list[data.Clip], settings: list[Setting],
-              say: Callable[[str], None], timing: tuple[int, int]) -> list[dict[str, Any]]:
+              say: Callable[[str], None], timing: tuple[int, int], gpu: str = "cuda") -> list[dict[str, Any]]:
     """The rows of one frame size: every setting scored on every clip, then all timed together."""
     truths = [prepare(clip) for clip in clips]
     rows, runners = [], []
     for setting in settings:
-        runner = RUNNERS[(setting.engine, setting.fullres)](setting)
+        make = RUNNERS[(setting.engine, setting.fullres)]
+        runner = make(setting, gpu) if setting.engine in CUDA_ENGINES else make(setting)
         internal = PEER_INTERNAL if setting.engine == PEER else internal_size(height, width, setting.ratio)
         rows.append({"size": size, "width": width, "height": height, "setting": setting.name, **asdict(setting),
                      "internal": internal, "clips": [c.name for c in clips], **score(runner, truths)})
@@ -345,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engines", default=",".join([*MODEL_ENGINES, PEER]), help="comma list of engines")
     parser.add_argument("--clips", default=None, help=f"comma list of clips ({', '.join(c.name for c in data.CLIPS)})")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both engines (default: torch's)")
+    parser.add_argument("--gpu", default="cuda", help=f"device of the {', '.join(CUDA_ENGINES)} rows (cuda:N; cpu: a "
+                        "dry run without a GPU)")
     parser.add_argument("--quick", action="store_true", help="one clip, few settings (tests)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--chart", type=Path, default=None, help="draw the speed/quality chart (PNG) here")
@@ -363,7 +373,7 @@ def main(argv: list[str]) -> int:
         report = run_benchmark(sizes, counts[0] if len(counts) == 1 else counts,
                                [e.strip() for e in args.engines.split(",")], quick=args.quick,
                                clips=args.clips.split(",") if args.clips else None, progress=sys.stderr,
-                               threads=args.threads)
+                               threads=args.threads, gpu=args.gpu)
     except ValueError as exc:
         sys.stderr.write(f"rvm-live bench --quality: error: {exc}\n")
         return 2

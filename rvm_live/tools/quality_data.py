@@ -138,8 +138,8 @@ def _scaled(image: np.ndarray) -> np.ndarray:
 
 
 def _carphone(count: int) -> list[np.ndarray]:
-    from .._av import av
     from ..assets import demo_clip
+    from ..io._av import av
 
     with av.open(str(demo_clip())) as container:
         frames = [f.to_ndarray(format="rgb24") for f, _ in zip(container.decode(video=0), range(count))]

@@ -8,6 +8,7 @@ rates), the worst stream's p95 capture → output latency, and for the daemon th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -75,11 +76,11 @@ def _processes_run(clip: Path, n: int, seconds: float, config_extra: dict[str, A
 
 def run_stream_bench(counts: list[int], *, width: int = 640, height: int = 360, fps: float = 30.0,
                      seconds: float = 15.0, separate: bool = True, engine: str = "auto",
-                     fullres: str = "exact", quality: str = "fixed") -> dict[str, Any]:
+                     fullres: str = "exact", quality: str = "fixed", device: str = "cpu") -> dict[str, Any]:
     """The table: for each N, the daemon with N streams, and (``separate``) N processes with one each."""
     from .common import bench_frames, encode_clip, machine_info
 
-    extra = {"engine": engine, "fullres": fullres, "quality": quality, "device": "cpu"}
+    extra = {"engine": engine, "fullres": fullres, "quality": quality, "device": device}
     rows = []
     with tempfile.TemporaryDirectory(prefix="rvm-live-streambench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -109,9 +110,8 @@ def format_stream_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
+    """``rvm-live bench --streams``'s flags."""
     parser = argparse.ArgumentParser(prog="rvm-live bench --streams")
     parser.add_argument("--streams", default="1,2,4,8", help="comma-separated stream counts")
     parser.add_argument("--width", type=int, default=640)
@@ -122,12 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--fullres", default="exact")
     parser.add_argument("--quality", default="fixed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--json", metavar="PATH", help="also write the report here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     counts = [int(c) for c in args.streams.split(",") if c.strip()]
     report = run_stream_bench(counts, width=args.width, height=args.height, fps=args.fps, seconds=args.seconds,
                               separate=args.separate, engine=args.engine, fullres=args.fullres,
-                              quality=args.quality)
+                              quality=args.quality, device=args.device)
     print(format_stream_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

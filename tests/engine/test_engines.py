@@ -106,8 +106,8 @@ def test_batched_graph_steps_equal_single_stream_graph_steps(frames):
     alone = [engine.new_state(0.5), engine.new_state(0.5)]
     for frame in frames:
         other = np.ascontiguousarray(frame[::-1])
-        together = engine.step([frame, other], joint).pha.float().clone()
-        first = engine.step([frame], [alone[0]]).pha.float().clone()
-        second = engine.step([other], [alone[1]]).pha.float().clone()
+        together = engine.infer([frame, other], joint).pha.float().clone()
+        first = engine.infer([frame], [alone[0]]).pha.float().clone()
+        second = engine.infer([other], [alone[1]]).pha.float().clone()
         torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-2, rtol=0)
     assert set(engine.graphs) == {(2, 144, 176, 0.5), (1, 144, 176, 0.5)}
