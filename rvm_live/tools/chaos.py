@@ -35,6 +35,8 @@ from ..io._av import av
 
 SPAWN = mp.get_context("spawn")
 STEP_S = 4.0  # one fault every STEP_S seconds
+FAULT_KINDS = ("source_outage", "background_swap", "sink_outage", "sighup", "api_abuse", "http_attacks", "udp_junk",
+               "sender_swap")  # the cycle, in order
 RECOVERY_S = 30.0  # how long frames may take to flow again after a fault before it counts as not survived
 
 
@@ -286,9 +288,12 @@ def _write_config(path: Path, source: str, outputs: list[str], **extra: Any) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
-def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
+def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0, kinds: list[str] | None = None,
           progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Run the chaos soak for ``seconds``; returns the report (see the module docstring)."""
+    """Run the chaos soak for ``seconds``; returns the report (see the module docstring). ``kinds`` keeps only
+    the faults of those names (all by default), to repeat one kind of fault many times."""
+    if kinds is not None and (not kinds or set(kinds) - set(FAULT_KINDS)):
+        raise ValueError(f"chaos: fault kinds {kinds!r}: choose from {', '.join(FAULT_KINDS)}")
     work = Path(tempfile.mkdtemp(prefix="rvm-chaos-"))
     assets = _make_assets(work)
     src = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
@@ -355,6 +360,8 @@ def chaos(seconds: float, *, step_s: float = STEP_S, sample_s: float = 2.0,
              ("sighup", sighup), ("api_abuse", lambda: _abuse(daemon.port)),
              ("http_attacks", lambda: _http_attacks(daemon.port))]
     cycle += [("udp_junk", lambda: _junk_burst(src)), ("sender_swap", sender_swap)]
+    assert tuple(name for name, _ in cycle) == FAULT_KINDS
+    cycle = [(name, inject) for name, inject in cycle if kinds is None or name in kinds]
     try:
         while not daemon.stats() and daemon.proc.poll() is None and time.monotonic() - start < 300:
             time.sleep(0.5)  # the model loads

@@ -20,3 +20,15 @@ def test_the_daemon_survives_a_minute_of_chaos(official_onnx_path, carphone_path
     assert report["all_survived"], report["faults"]
     assert report["frames_out"] > 0 and report["samples"]
     assert "Traceback" not in log
+
+
+def test_an_unknown_fault_kind_is_refused_before_anything_starts(capsys):
+    from rvm_live.tools.soak import main
+
+    with pytest.raises(ValueError, match="choose from source_outage"):
+        chaos(1, kinds=["meteor"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--chaos", "--seconds", "1", "--faults", "sighup,meteor"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fault kinds ['sighup', 'meteor']" in err and "Traceback" not in err
