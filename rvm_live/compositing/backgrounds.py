@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MediaError, one_line
-from ..io._av import av, decoder_threads
+from ..io._av import RgbConverter, av, decoder_threads
 from .colors import color_hint, parse_color
 from .pictures import check_picture_size, cover_fit, read_picture, shrink_to_cover
 
@@ -205,8 +205,9 @@ def _rgb_frames(container: av.container.InputContainer) -> Iterator[np.ndarray]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = decoder_threads(stream.codec_context.width, stream.codec_context.height)
+    to_rgb = RgbConverter()
     for frame in container.decode(stream):
-        yield frame.to_ndarray(format="rgb24")
+        yield to_rgb(frame)
 
 
 class VideoBackground(Background):

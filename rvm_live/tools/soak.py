@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="how long, in seconds")
     p.add_argument("--chaos", action="store_true",
                    help="run the daemon under a cycle of faults (see rvm_live.tools.chaos) instead of a plain soak")
+    p.add_argument("--faults", metavar="KIND,...", help="with --chaos: only these fault kinds, in turn (one of them "
+                   "many times, say, to see what it costs)")
     p.add_argument("--source", default="demo")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="PATH", help="write the full report here")
@@ -79,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.chaos:
         from .chaos import chaos
 
-        report = chaos(seconds, progress=print)
+        kinds = args.faults.split(",") if args.faults else None
+        try:
+            report = chaos(seconds, progress=print, kinds=kinds)
+        except ValueError as exc:
+            p.error(str(exc))
         _print_chaos(report)
         code = 0 if report["all_survived"] and report["exit_code"] == 0 else 1
     else:

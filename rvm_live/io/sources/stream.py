@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import SourceError, SourceNotReady, one_line
-from .._av import av, decoder_threads
+from .._av import RgbConverter, av, decoder_threads
 from ..backoff import backoff_delays
 from .base import SourceBase, register_source
 from .datagram import NO_PICTURE_S, STALE_S, DatagramReader, Datagrams
@@ -58,6 +58,7 @@ TRUNCATED_FRACTION = 0.95  # a file ending before this share of its declared fra
 CONNECTIONLESS_RETRY_S = 0.02  # UDP (and SRT listeners): listen again at once, packets may come any moment
 PACKET_WAIT_S = 0.5  # UDP: how long one open() waits for the first packet before saying "not up"
 POLL_S = 0.1
+UNREAD = object()  # a display matrix not read yet
 FOREIGN_S = 5.0  # UDP: how long datagrams that are not MPEG-TS are skipped before probing for another format
 
 
@@ -141,6 +142,11 @@ class StreamSource(SourceBase):
         self._foreign_since: float | None = None  # UDP: since when only datagrams that are not MPEG-TS came
         self.stale_frames = 0  # UDP frames dropped because their data waited too long (never a backlog)
         self._backlog = 0
+        self._to_rgb = RgbConverter()  # one swscale context for every frame (to_ndarray makes one per frame)
+        # the stream's display matrix, read from its first frame after each open (UNREAD until then): reading
+        # a frame's side data ties the frame into a reference cycle (PyAV's SideDataContainer), so doing it for
+        # every frame left every decoded frame, its buffer and its swscale threads, to the garbage collector
+        self._matrix: tuple[int, ...] | None | object = UNREAD
 
     def cancel_on(self, event: threading.Event) -> None:
         """Stop waiting for a network source to answer as soon as ``event`` is set (the pipeline's stop)."""
@@ -197,6 +203,7 @@ class StreamSource(SourceBase):
         self._container = container
         self._frames = container.decode(stream)
         self._clock = None
+        self._matrix = UNREAD
         log.info("opened %s: %dx%d @ %.3f fps%s", self.target, stream.codec_context.width,
                  stream.codec_context.height, self.fps, " (live)" if self.live else "")
 
@@ -350,10 +357,12 @@ class StreamSource(SourceBase):
             self._pace(frame)
         self._frames_read += 1
         self.last_pts = None if self.is_network or self.loop or frame.time is None else float(frame.time)
-        image = frame.to_ndarray(format="rgb24")
+        image = self._to_rgb(frame)
         # phones store portrait video as landscape plus a display matrix (a turn, maybe a mirror): show it
         # as players do
-        return orient(image, display_matrix(frame))
+        if self._matrix is UNREAD:
+            self._matrix = display_matrix(frame)
+        return orient(image, self._matrix)
 
     def _decode(self) -> av.VideoFrame | None:
         try:
