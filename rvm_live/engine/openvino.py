@@ -65,10 +65,11 @@ class OpenVinoCoefficients:
 
     ``precision``: ``fp32``, ``bf16`` (on a CPU without native support it is refused: emulated bf16 is slower
     than fp32, so asking for it is a mistake worth one clear line) or ``int8`` (the mixed-precision model,
-    made on first use; its float layers run in ``int8_float``, ``f32`` or ``bf16``)."""
+    made on first use; its float layers run in ``int8_float``: ``bf16`` where the CPU has it natively, else
+    ``f32``, unless named)."""
 
     def __init__(self, path: str | Path, *, precision: str = "bf16", threads: int | None = None,
-                 cache_dir: str | Path | None = None, int8_float: str = "f32") -> None:
+                 cache_dir: str | Path | None = None, int8_float: str | None = None) -> None:
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -83,6 +84,8 @@ class OpenVinoCoefficients:
         # no pinning: with another program busy on one core (a video-call app), a worker pinned there stalls
         # every layer; measured on 2 cores with a busy loop on core 0, 256x144: 99.6 ms pinned, 44.2 unpinned
         # (12.8-13.0 ms both on idle cores; onnxruntime 39.3 and 22.2). BENCHMARKS.md, "A faster CPU network".
+        if precision == "int8" and int8_float is None:
+            int8_float = "bf16" if supports_bf16() else "f32"
         hint = {"fp32": "f32", "bf16": "bf16", "int8": int8_float}[precision]
         if hint not in ("f32", "bf16"):
             raise ValueError(f"int8_float must be f32 or bf16, got {int8_float!r}")

@@ -136,7 +136,8 @@ def int8_lowres_ov(source: str | Path, recipe: dict | None = None) -> Path:
 
 # ----- measuring it ---------------------------------------------------------------------------------------------
 # what the tool compares: OpenVinoCoefficients keyword arguments per name
-VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}, "int8": {"precision": "int8"},
+VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
+            "int8+fp32": {"precision": "int8", "int8_float": "f32"},
             "int8+bf16": {"precision": "int8", "int8_float": "bf16"}}
 SPEED_FRAME = (1280, 720)  # the frame the internal sizes are taken from (720p live)
 
@@ -170,9 +171,10 @@ def alpha_error(source: str | Path, frames: np.ndarray, ratio: float, names: lis
 
 def network_speed(source: str | Path, sizes: list[tuple[int, int]], names: list[str], *, calls: int = 15,
                   block: int = 3, threads: int = 2) -> dict[str, dict[str, float]]:
-    """Median ms per call of the network half, per internal size (``(w, h)`` of a 1280x720 frame) and variant:
-    one stream's state carried, on the static model of that shape, variants called in turn in blocks of
-    ``block`` calls so that load from elsewhere falls on each alike."""
+    """Median wall and process-CPU ms per call of the network half, per internal size (``(w, h)`` of a 1280x720
+    frame) and variant: one stream's state carried, on the static model of that shape, variants called in turn
+    in blocks of ``block`` calls so that load from elsewhere falls on each alike (CPU time is the work done,
+    which load from other processes inflates less than wall time)."""
     from ..engine.lowres import downsample
 
     runners = _runners(Path(source), names, threads)
@@ -188,15 +190,46 @@ def network_speed(source: str | Path, sizes: list[tuple[int, int]], names: list[
                 _, _, states[name] = runner(small, states[name])
             runner.wait_compiled(120)
             _, _, states[name] = runner(smalls[3], states[name])
-        spent: dict[str, list[float]] = {name: [] for name in runners}
+        wall: dict[str, list[float]] = {name: [] for name in runners}
+        cpu: dict[str, list[float]] = {name: [] for name in runners}
         for r in range(-(-calls // block)):
             for name, runner in runners.items():
                 time.sleep(0.05)  # the last variant's idle workers go to sleep
                 for j in range(block):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     _, _, states[name] = runner(smalls[(r * block + j) % len(smalls)], states[name])
-                    spent[name].append(time.perf_counter() - start)
-        report[f"{width}x{height}"] = {name: round(float(np.median(t)) * 1e3, 2) for name, t in spent.items()}
+                    wall[name].append(time.perf_counter() - start)
+                    cpu[name].append(time.process_time() - start_cpu)
+        report[f"{width}x{height}"] = {name: {"ms": round(float(np.median(wall[name])) * 1e3, 2),
+                                              "cpu_ms": round(float(np.median(cpu[name])) * 1e3, 2)}
+                                       for name in runners}
+    return report
+
+
+QUALITY_ENGINES = ("openvino", "openvino-bf16", "openvino-int8")
+QUALITY_RUNGS = (480, 384, 320, 256)  # internal long sides: RVM's 720p ratio and ladder rungs down to the floor
+
+
+def ground_truth(frames: dict[str, int], *, engines: tuple[str, ...] = QUALITY_ENGINES,
+                 rungs: tuple[int, ...] = QUALITY_RUNGS, threads: int = 2) -> dict:
+    """The quality benchmark's rows (:mod:`.quality`, its clips, metrics and timing) for ``engines`` on the
+    ``rungs`` only, at each size of ``frames`` (``{"360p": 16, ...}``: frames per clip); its report."""
+    import torch
+
+    from . import quality
+    from . import quality_data as data
+
+    torch.set_num_threads(threads)
+    report = {"machine": quality._machine(), "recipe": quality._recipe(), "engines": list(engines),
+              "frames_per_clip": list(frames.values()), "threads": threads, "quick": False, "skipped": [],
+              "timing": {"rounds": quality.TIMING_ROUNDS, "frames": quality.TIMING_BLOCK}, "rows": []}
+    for size, width, height in quality.parse_sizes(",".join(frames)):
+        clips, missing = data.load_clips(width, height, frames[size], None)
+        report["skipped"] += [f"{size} clip {name}: {why}" for name, why in missing.items()]
+        settings = [quality.Setting(engine, "fast", round(px / max(width, height), 4), "ladder")
+                    for px in rungs for engine in engines]
+        report["rows"] += quality._run_size(size, width, height, clips, settings, log.info,
+                                            (quality.TIMING_ROUNDS, quality.TIMING_BLOCK))
     return report
 
 
@@ -217,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the network half at these internal sizes of a 1280x720 frame")
     parser.add_argument("--calls", type=int, default=15, help="timed calls per variant and size")
     parser.add_argument("--hog", action="store_true", help="time with a busy loop pinned to core 0 as well")
+    parser.add_argument("--quality", default=None, metavar="SIZE:N,...",
+                        help="only score openvino fp32/bf16/int8 on the ground truth at rungs 480/384/320/256 px, "
+                             "e.g. 360p:16,720p:8 (frames per clip), and print the table")
+    parser.add_argument("--json", type=Path, default=None, help="--quality: also write the report here")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.quality:
+        return _quality_main(args.quality, args.json, args.threads)
     names = [n.strip() for n in args.variants.split(",")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -241,6 +280,22 @@ def main(argv: list[str] | None = None) -> int:
                 report["ms_one_core_busy"] = network_speed(source, args.speed, names, calls=args.calls,
                                                            threads=args.threads)
     print(json.dumps(report))
+    return 0
+
+
+def _quality_main(spec: str, out: Path | None, threads: int) -> int:
+    from .quality_report import format_table
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        frames = {size: int(n) for size, n in (item.split(":") for item in spec.split(","))}
+        report = ground_truth(frames, threads=threads)
+    except ValueError as exc:
+        sys.stderr.write(f"quantize_ov --quality: error: {exc}\n")
+        return 2
+    print(format_table(report))
+    if out:
+        out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
