@@ -4,8 +4,8 @@ The same cut of the official export as the onnxruntime path (:func:`rvm_live.eng
 the downsampled frame and r1..r4 in, the guided filter's ``A, b`` and the next r1..r4 out), compiled by
 OpenVINO. On CPUs with AVX512-BF16 or AMX, ``bf16`` runs the convolutions in bfloat16 with fp32
 accumulation, which is where the speed comes from (figures and the quality cost: BENCHMARKS.md). ``int8``
-runs the decoder's convolutions on int8 kernels (VNNI where the CPU has it) and keeps the stem, encoder,
-projection and refiner in float (:mod:`rvm_live.tools.quantize_ov`, made once into the cache).
+runs most convolutions on int8 kernels (VNNI where the CPU has it) and keeps the stem, the first two blocks,
+the projection and the refiner in float (:mod:`rvm_live.tools.quantize_ov`, made once into the cache).
 
 A model compiled for one fixed input shape is faster than a dynamic one, but compiling takes about a second.
 So every shape is served at once by the dynamic model while its static model compiles on a background thread

@@ -6,9 +6,10 @@ with the fp32 recurrent state carried, at three internal sizes; OpenVINO reads t
 DequantizeLinear pairs and runs the convolutions between them on its int8 (VNNI) kernels, the rest in the
 float precision it is told. Only convolutions are quantized (element-wise int8 saves little and costs
 accuracy); the parts kept in float are chosen by measurement (BENCHMARKS.md, "int8 with mixed precision on
-OpenVINO"): the stem alone, quantized, moves alpha as much as the whole network quantized; the encoder is
-cheap but sensitive; the decoder, its ConvGRUs and output convolutions are where the time goes and take
-int8 well; the guided filter's box filters compute variances, which int8 ruins.
+OpenVINO"): the stem alone, quantized, moves alpha as much as the whole network quantized, and the next two
+blocks (at 1/2 and 1/4 of the input) most of what is left; the rest of the encoder, the decoder, its ConvGRUs
+and output convolutions (where the time goes) take int8 well; the projection and the guided filter's box
+filters (variances, which int8 ruins) are cheap and stay in float.
 
 The recipe is pinned (:data:`RECIPE`); the model is made on demand into the cache under a name carrying the
 recipe's digest (a changed recipe never reuses an old file). ``python -m rvm_live.tools.quantize_ov`` makes it
@@ -33,18 +34,20 @@ from .quantize import calibration_feeds, recipe_digest, recipe_frames
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("stem", "encoder", "gru", "decoder", "projection", "refiner")
+GROUPS = ("stem", "head", "encoder", "gru", "decoder", "projection", "refiner")
 # Calibration: the second half of the demo clip, every second frame, at 640x360 and three ratios (internal
 # 480x270, 384x216, 256x144: the live ladder's range), each run as a stream with its state carried.
 RECIPE = {"clip": "carphone", "frames": [60, 120, 2], "size": [640, 360], "ratios": [0.75, 0.6, 0.4],
           "format": "QDQ", "ops": ["Conv"], "activations": "QUInt8", "weights": "QInt8", "per_channel": True,
-          "reduce_range": False, "method": "MinMax", "float": ["stem", "encoder", "projection", "refiner"],
-          "version": 1}
+          "reduce_range": False, "method": "MinMax", "head": 5,
+          "float": ["stem", "head", "encoder", "projection", "refiner"],
+          "version": 2}
 
 
-def layer_groups(model) -> dict[str, list[str]]:
-    """Names of the cut network's convolutions by part, found by structure: ``stem`` (the first), ``encoder``
-    (the rest before the first node reading a recurrent state, LR-ASPP included), ``gru`` (the ConvGRU gates:
+def layer_groups(model, head: int = 5) -> dict[str, list[str]]:
+    """Names of the cut network's convolutions by part, found by structure: ``stem`` (the first), ``head`` (the
+    next ``head`` ones: MobileNetV3's first two blocks, at 1/2 and 1/4 of the input), ``encoder`` (the rest
+    before the first node reading a recurrent state, LR-ASPP included), ``gru`` (the ConvGRU gates:
     a Sigmoid or Tanh follows), ``decoder`` (the decoder's other convolutions), ``projection`` (the last one
     before the refiner), ``refiner`` (the guided filter's, from the ReduceMean of the input on)."""
     nodes = list(model.graph.node)
@@ -60,7 +63,8 @@ def layer_groups(model) -> dict[str, list[str]]:
     convs = [(i, n) for i, n in enumerate(nodes) if n.op_type == "Conv"]
     encoder = [n.name for i, n in convs if i < decoder_start]
     decoder = [n for i, n in convs if decoder_start <= i < refiner_start]
-    groups: dict[str, list[str]] = {"stem": encoder[:1], "encoder": encoder[1:], "gru": [], "decoder": [],
+    groups: dict[str, list[str]] = {"stem": encoder[:1], "head": encoder[1:1 + head],
+                                    "encoder": encoder[1 + head:], "gru": [], "decoder": [],
                                     "projection": [decoder[-1].name],
                                     "refiner": [n.name for i, n in convs if i >= refiner_start]}
     for node in decoder[:-1]:
@@ -82,10 +86,12 @@ def quantize_mixed(source: str | Path, dest: str | Path, frames: np.ndarray, rec
     )
 
     recipe = RECIPE if recipe is None else recipe
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)  # before the minute of calibration, not after
     model = lowres_model(source)
     if model.opset_import[0].version < 13:  # per-channel DequantizeLinear (its axis) needs opset 13
         model = version_converter.convert_version(model, 13)
-    groups = layer_groups(model)
+    groups = layer_groups(model, recipe["head"])
     unknown = set(recipe["float"]) - set(GROUPS)
     if unknown:
         raise ValueError(f"recipe: unknown layer group(s) {sorted(unknown)}; expected some of {', '.join(GROUPS)}")
@@ -100,8 +106,6 @@ def quantize_mixed(source: str | Path, dest: str | Path, frames: np.ndarray, rec
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     with tempfile.TemporaryDirectory(prefix="rvm-live-quant-") as tmp:
         fp32 = Path(tmp) / "lowres_fp32.onnx"
