@@ -51,8 +51,8 @@ def test_the_model_is_made_once_and_a_new_recipe_makes_another(tmp_path, officia
 
 
 def test_an_unknown_layer_group_is_named(tmp_path, official_onnx_path):
-    with pytest.raises(ValueError, match=r"unknown layer group\(s\) \['head'\]"):
-        quantize_ov.quantize_mixed(official_onnx_path, tmp_path / "x.onnx", None, {**TINY, "float": ["head"]})
+    with pytest.raises(ValueError, match=r"unknown layer group\(s\) \['neck'\]"):
+        quantize_ov.quantize_mixed(official_onnx_path, tmp_path / "x.onnx", None, {**TINY, "float": ["neck"]})
 
 
 def test_a_model_that_cannot_be_made_fails_in_one_line(tmp_path, official_onnx_path, monkeypatch):
