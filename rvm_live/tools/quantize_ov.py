@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -106,7 +107,7 @@ def quantize_mixed(source: str | Path, dest: str | Path, frames: np.ndarray, rec
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # two processes making it at once never mix
     with tempfile.TemporaryDirectory(prefix="rvm-live-quant-") as tmp:
         fp32 = Path(tmp) / "lowres_fp32.onnx"
         fp32.write_bytes(blob)
