@@ -4,7 +4,7 @@ The same cut of the official export as the onnxruntime path (:func:`rvm_live.eng
 the downsampled frame and r1..r4 in, the guided filter's ``A, b`` and the next r1..r4 out), compiled by
 OpenVINO. On CPUs with AVX512-BF16 or AMX, ``bf16`` runs the convolutions in bfloat16 with fp32
 accumulation, which is where the speed comes from (figures and the quality cost: BENCHMARKS.md). ``int8``
-runs most convolutions on int8 kernels (VNNI where the CPU has it) and keeps the stem, the first two blocks,
+runs the decoder's convolutions on int8 kernels (VNNI where the CPU has it) and keeps the stem, the encoder,
 the projection and the refiner in float (:mod:`rvm_live.tools.quantize_ov`, made once into the cache).
 
 A model compiled for one fixed input shape is faster than a dynamic one, but compiling takes about a second.
