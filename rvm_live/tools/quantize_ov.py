@@ -7,9 +7,10 @@ DequantizeLinear pairs and runs the convolutions between them on its int8 (VNNI)
 float precision it is told. Only convolutions are quantized (element-wise int8 saves little and costs
 accuracy); the parts kept in float are chosen by measurement (BENCHMARKS.md, "int8 with mixed precision on
 OpenVINO"): the stem alone, quantized, moves alpha as much as the whole network quantized, and the next two
-blocks (at 1/2 and 1/4 of the input) most of what is left; the rest of the encoder, the decoder, its ConvGRUs
-and output convolutions (where the time goes) take int8 well; the projection and the guided filter's box
-filters (variances, which int8 ruins) are cheap and stay in float.
+blocks (at 1/2 and 1/4 of the input) most of what is left; the rest of the encoder was no faster in int8 on the
+CPU measured (its depthwise and squeeze-excite blocks gain reorders), so the whole encoder stays in float; the
+decoder, its ConvGRUs and output convolutions (where the time goes) take int8 well; the projection and the
+guided filter's box filters (variances, which int8 ruins) are cheap and stay in float.
 
 The recipe is pinned (:data:`RECIPE`); the model is made on demand into the cache under a name carrying the
 recipe's digest (a changed recipe never reuses an old file). ``python -m rvm_live.tools.quantize_ov`` makes it
