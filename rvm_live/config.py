@@ -22,7 +22,7 @@ BACKBONES = ("mobilenetv3", "resnet50")
 QUALITIES = ("auto", "fixed")
 FULLRES_MODES = ("auto", "exact", "fast")
 # what an Engine runs (the openvino ones: the fast full-resolution stage only); the config also takes "auto"
-ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16")
+ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The presets: inside the installed package (a wheel carries a copy, see rvm_live/_build.py), or the
 # top-level configs/ of a source checkout (an editable install), their one source.

@@ -144,7 +144,7 @@ class Engine:
 
     def _load_openvino(self, backbone: str, model: MattingNetwork | None, weights: str | Path | None,
                        offline: bool | None, threads: int | None) -> None:
-        """The OpenVINO runtimes (fp32, bf16): the official export cut at the coefficients, for the fast stage."""
+        """The OpenVINO runtimes (fp32, bf16, int8): the official export cut at the coefficients, for the fast stage."""
         from ..assets import cache_dir
         from .openvino import OpenVinoCoefficients, available
 
@@ -154,7 +154,7 @@ class Engine:
             raise ValueError(f"runtime={self.runtime!r} runs the mobilenetv3 ONNX export's network half on the CPU "
                              "with the fast full-resolution stage (fullres='fast'); it takes no model=")
         self.model, self.backbone, self.always_refine = None, backbone, True
-        precision = "bf16" if self.runtime == "openvino-bf16" else "fp32"
+        precision = {"openvino-bf16": "bf16", "openvino-int8": "int8"}.get(self.runtime, "fp32")
         self._coefficients = OpenVinoCoefficients(official_export(weights, offline), precision=precision,
                                                   threads=threads, cache_dir=cache_dir() / "openvino")
 

@@ -1,9 +1,11 @@
-"""The network's low-resolution half on OpenVINO's CPU plugin, in fp32 or bf16.
+"""The network's low-resolution half on OpenVINO's CPU plugin, in fp32, bf16 or int8 with mixed precision.
 
 The same cut of the official export as the onnxruntime path (:func:`rvm_live.engine.lowres.lowres_model`:
 the downsampled frame and r1..r4 in, the guided filter's ``A, b`` and the next r1..r4 out), compiled by
 OpenVINO. On CPUs with AVX512-BF16 or AMX, ``bf16`` runs the convolutions in bfloat16 with fp32
-accumulation, which is where the speed comes from (figures and the quality cost: BENCHMARKS.md).
+accumulation, which is where the speed comes from (figures and the quality cost: BENCHMARKS.md). ``int8``
+runs the decoder's convolutions on int8 kernels (VNNI where the CPU has it) and keeps the stem, the encoder,
+the projection and the refiner in float (:mod:`rvm_live.tools.quantize_ov`, made once into the cache).
 
 A model compiled for one fixed input shape is faster than a dynamic one, but compiling takes about a second.
 So every shape is served at once by the dynamic model while its static model compiles on a background thread
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WeightsError, one_line
 from .lowres import lowres_model
 from .ort import STATE_INPUTS, state_feed
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 MAX_STATIC = 8  # static models kept: the governor's ladder has at most this many rungs
 
 
@@ -45,14 +48,28 @@ def supports_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def _int8_model(path: str | Path) -> bytes:
+    """The serialized mixed-precision model of the export at ``path`` (made into the cache once)."""
+    from ..tools.quantize_ov import int8_lowres_ov
+
+    try:
+        return int8_lowres_ov(path).read_bytes()
+    except WeightsError:
+        raise
+    except Exception as exc:  # onnx, onnxruntime's quantizer and the file system raise their own types
+        raise WeightsError(f"{path}: could not make its int8 model ({one_line(exc)})") from exc
+
+
 class OpenVinoCoefficients:
     """The official export without its full-resolution part on OpenVINO (CPU): ``A, b`` per frame.
 
-    ``precision``: ``fp32`` or ``bf16`` (``bf16`` on a CPU without native support is refused: emulated bf16 is
-    slower than fp32, so asking for it is a mistake worth one clear line)."""
+    ``precision``: ``fp32``, ``bf16`` (on a CPU without native support it is refused: emulated bf16 is slower
+    than fp32, so asking for it is a mistake worth one clear line) or ``int8`` (the mixed-precision model,
+    made on first use; its float layers run in ``int8_float``: ``bf16`` where the CPU has it natively, else
+    ``f32``, unless named)."""
 
     def __init__(self, path: str | Path, *, precision: str = "bf16", threads: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, int8_float: str | None = None) -> None:
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -67,14 +84,18 @@ class OpenVinoCoefficients:
         # no pinning: with another program busy on one core (a video-call app), a worker pinned there stalls
         # every layer; measured on 2 cores with a busy loop on core 0, 256x144: 99.6 ms pinned, 44.2 unpinned
         # (12.8-13.0 ms both on idle cores; onnxruntime 39.3 and 22.2). BENCHMARKS.md, "A faster CPU network".
-        self._config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        if precision == "int8" and int8_float is None:
+            int8_float = "bf16" if supports_bf16() else "f32"
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": int8_float}[precision]
+        if hint not in ("f32", "bf16"):
+            raise ValueError(f"int8_float must be f32 or bf16, got {int8_float!r}")
+        self._config = {"INFERENCE_PRECISION_HINT": hint,
                         "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
-        model = lowres_model(path)
-        self._blob = model.SerializeToString()
-        self._small = model.graph.input[0].name
+        self._blob = _int8_model(path) if precision == "int8" else lowres_model(path).SerializeToString()
         self._dynamic = self._core.compile_model(self._core.read_model(self._blob, b""), "CPU", self._config)
+        self._small = self._dynamic.inputs[0].get_any_name()
         self._dynamic_request = self._dynamic.create_infer_request()
         self._static: dict[tuple, object] = {}  # input shapes -> infer request of a static model
         self._pending: set[tuple] = set()

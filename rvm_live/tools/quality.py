@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720)}
 # the first one present runs the ladder (the CPU daemon's default); openvino runs the fast stage only
-MODEL_ENGINES = ("onnxruntime", "torch", "openvino", "openvino-bf16")
+MODEL_ENGINES = ("onnxruntime", "torch", "openvino", "openvino-bf16", "openvino-int8")
 EXACT_ENGINES = ("onnxruntime", "torch")
-WHOLE_LADDER = ("openvino-bf16",)  # engines besides the first scored on every rung, not only RVM's ratio
+# engines besides the first scored on every rung, not only RVM's ratio
+WHOLE_LADDER = ("openvino-bf16", "openvino-int8")
 PEER = "mediapipe"
 PEER_INTERNAL = "256x144"  # the input of the landscape selfie model
 FULLRES = ("fast", "exact")

@@ -32,9 +32,9 @@ RECIPE = {"clip": "carphone", "frames": [60, 120, 2], "size": [640, 360], "ratio
           "method": "MinMax", "quantize": "all", "version": 2}
 
 
-def recipe_digest(source: Path) -> str:
-    """A short digest of the recipe and the source model's bytes."""
-    h = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode())
+def recipe_digest(source: Path, recipe: dict | None = None) -> str:
+    """A short digest of the recipe (this module's by default) and the source model's bytes."""
+    h = hashlib.sha256(json.dumps(RECIPE if recipe is None else recipe, sort_keys=True).encode())
     h.update(source.read_bytes())
     return h.hexdigest()[:12]
 
@@ -100,8 +100,9 @@ def quantize_lowres(source: str | Path, dest: str | Path, frames: np.ndarray) ->
     return dest
 
 
-def recipe_frames(indices: range | None = None) -> np.ndarray:
-    """The recipe's calibration frames (or the clip's ``indices``), resized to the recipe's size."""
+def recipe_frames(indices: range | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The recipe's calibration frames (or the clip's ``indices``), resized to the recipe's size (or ``size``,
+    ``(width, height)``)."""
     import cv2
 
     from ..assets import demo_clip
@@ -110,7 +111,7 @@ def recipe_frames(indices: range | None = None) -> np.ndarray:
     indices = indices if indices is not None else range(*RECIPE["frames"])
     with av.open(str(demo_clip())) as container:
         clip = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    size = tuple(RECIPE["size"])
+    size = tuple(size or RECIPE["size"])
     return np.stack([cv2.resize(clip[i], size, interpolation=cv2.INTER_LINEAR) for i in indices])
 
 

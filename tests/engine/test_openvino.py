@@ -54,7 +54,7 @@ def test_a_new_size_is_served_at_once_and_the_state_carries_over(official_onnx_p
 
 
 def test_refuses_a_bad_precision(official_onnx_path):
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'int4'"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8, got 'int4'"):
         OpenVinoCoefficients(official_onnx_path, precision="int4")
 
 
@@ -65,6 +65,45 @@ def test_bf16_stays_close_to_fp32(official_onnx_path, frames360):
     got = _alphas(OpenVinoCoefficients(official_onnx_path, precision="bf16", threads=2), frames360, 0.6)
     diff = np.abs(got - reference)
     assert 0 < diff.mean() < 0.02  # bf16 really ran (not fp32) and stays a usable matte (BENCHMARKS.md)
+
+
+def _int8_ran(runner: OpenVinoCoefficients) -> bool:
+    """Whether the compiled static model runs some convolutions on int8 kernels (OpenVINO's runtime graph)."""
+    request = next(iter(runner._static.values()))
+    model = request.get_compiled_model().get_runtime_model()
+    return any(op.get_rt_info()["layerType"].astype(str) == "Convolution"
+               and op.get_rt_info()["runtimePrecision"].astype(str) in ("i8", "u8") for op in model.get_ops())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("int8_float, bound", [("f32", 0.004), ("bf16", 0.01)])
+def test_int8_stays_close_to_fp32_and_runs_int8_kernels(official_onnx_path, frames360, int8_float, bound):
+    if int8_float == "bf16" and not supports_bf16():
+        pytest.skip("this CPU has neither AVX512-BF16 nor AMX")
+    reference = _alphas(OpenVinoCoefficients(official_onnx_path, precision="fp32", threads=2), frames360, 0.6)
+    runner = OpenVinoCoefficients(official_onnx_path, precision="int8", threads=2, int8_float=int8_float)
+    got = _alphas(runner, frames360, 0.6, settle_after=3)
+    diff = np.abs(got - reference)
+    # measured on the demo clip at 384x216 (BENCHMARKS.md): 0.0018 with fp32 float layers, 0.0066 with bf16;
+    # quantizing the stem or the whole network instead moves it by 0.012
+    assert 0 < diff.mean() < bound, diff.mean()
+    assert _int8_ran(runner), "no convolution ran in int8"
+
+
+@pytest.mark.slow
+def test_the_engine_runs_openvino_int8_by_its_runtime_name(frames360):
+    from rvm_live.engine import Engine
+
+    engines = {name: Engine(runtime=name, fullres="fast", threads=2) for name in ("openvino", "openvino-int8")}
+    assert engines["openvino-int8"]._coefficients.precision == "int8"
+    states = {name: e.new_state(0.6) for name, e in engines.items()}
+    alphas = {name: [] for name in engines}
+    for frame in frames360[:8]:
+        for name, e in engines.items():
+            (picture,) = e.render(e.infer([frame], [states[name]]), [e.plan("transparent")])
+            alphas[name].append(picture.alpha.astype(np.float32) / 255)
+    diff = np.abs(np.stack(alphas["openvino-int8"]) - np.stack(alphas["openvino"]))
+    assert 0 < diff.mean() < 0.01
 
 
 @pytest.mark.slow
