@@ -145,4 +145,5 @@ def test_a_live_run_on_openvino_bf16_names_its_engine(tmp_path, carphone_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(stats.read_text())
     assert report["engine"].startswith("openvino") and report["fullres"] == "fast"
-    assert report["frames_out"] >= 20
+    # a live source drops what a busy machine cannot take (no count of frames out is promised), none is lost
+    assert report["frames_out"] > 0 and report["frames_out"] + report["frames_dropped"] == report["frames_in"] == 30
