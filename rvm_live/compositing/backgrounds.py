@@ -134,20 +134,38 @@ class BlurBackground(Background):
         self.radius = float(radius)
         self._kernels: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
+    def _factor(self, h: int, w: int) -> int:
+        # Work at 1/factor size so the kernel stays ~<= 25 taps (a blurred picture loses nothing by it),
+        # but never below ~8 px, so tiny frames still blur rather than collapse to one colour.
+        return max(1, min(int(self.radius // 4), min(h, w) // 8))
+
     def for_frame(self, src: torch.Tensor) -> torch.Tensor:
         h, w = frame_size(src)
         x = src.reshape(1, 3, h, w)
         if not x.is_floating_point():
             x = x.float().div_(255)
-        # Work at 1/factor size so the kernel stays ~<= 25 taps (a blurred picture loses nothing by it),
-        # but never below ~8 px, so tiny frames still blur rather than collapse to one colour.
-        factor = max(1, min(int(self.radius // 4), min(h, w) // 8))
+        factor = self._factor(h, w)
         if factor > 1:
             x = F.avg_pool2d(x, factor, ceil_mode=True)
         x = self._blur(x, factor)
         if x.shape[-2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         return x
+
+    def picture(self, frame: np.ndarray) -> np.ndarray:
+        """The same blur for an ``H x W x 3`` uint8 frame on the host, in OpenCV on uint8 (the CPU's fast
+        full-resolution stage): area-shrunk by the same factor, the same Gaussian taps (replicated border),
+        bilinear back up, at a fraction of :meth:`for_frame`'s cost (torch makes several full-size float copies
+        of the frame). Where the factor divides the frame size the two differ by rounding only (a level of 255);
+        elsewhere the shrink spreads its windows evenly where torch cuts the last one short, which moves a very
+        wide blur by a fraction of a window (a few levels)."""
+        h, w = frame.shape[:2]
+        factor = self._factor(h, w)
+        small = frame if factor == 1 else cv2.resize(frame, (-(-w // factor), -(-h // factor)),
+                                                     interpolation=cv2.INTER_AREA)
+        taps = _gaussian_kernel(self.radius / 3 / factor, torch.device("cpu"), torch.float32).numpy()
+        small = cv2.sepFilter2D(small, -1, taps, taps, borderType=cv2.BORDER_REPLICATE)  # uint8 out, rounded
+        return small if factor == 1 else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def _blur(self, x: torch.Tensor, factor: int) -> torch.Tensor:
         key = (factor, x.device, x.dtype)

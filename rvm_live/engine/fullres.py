@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..compositing.backgrounds import Background, ColorBackground
+from ..compositing.backgrounds import Background, BlurBackground, ColorBackground
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class FastFullRes:
         if isinstance(background, tuple):
             return self._cached(background, (background, height, width),
                                 lambda: np.full((height, width, 3), background, np.uint8))
-        # image, video and blur backgrounds: the device tensor, converted once per new tensor
+        if isinstance(background, BlurBackground):  # the frame itself, blurred: new every frame, made in uint8
+            return background.picture(frame)
+        # image and video backgrounds: the device tensor, converted once per new tensor
         tensor = background.for_frame(torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0))
         return self._cached(background, tensor, lambda: np.ascontiguousarray(
             tensor[0].float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()))

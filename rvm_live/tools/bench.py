@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ENGINES
 from ..engine.loading import pick_engine, resolve_device
 from ..engine.matter import Matter
 from ..engine.state import check_ratio, ratio_for
@@ -304,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=100, help="timed frames (after the warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
     parser.add_argument("--downsample", type=_downsample_arg, default="auto")
-    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
-                        help="the Matter backend timed as 'model', as the daemon picks it by default (auto)")
+    parser.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                        help="the runtime: timed as 'model' (an OpenVINO one runs the fast stage only, so the model "
+                             "row times onnxruntime), and the one --live runs; auto: as the daemon picks it")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-e2e", dest="end_to_end", action="store_false", help="skip the pipeline run")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the onnxruntime comparison")

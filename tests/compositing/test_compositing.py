@@ -232,6 +232,37 @@ def test_blur_composite_uses_the_blurred_source():
     assert 20 < int(image[5, 15, 0]) < 235  # the sharp edge is gone where alpha is 0
 
 
+@pytest.mark.parametrize("radius", [6, 16, 40])  # shrink factors 1, 4 and 10, each dividing 1280x720
+def test_the_host_blur_is_the_device_blur_in_uint8(carphone_frames, radius):
+    """The CPU's fast stage blurs in OpenCV on uint8; on a real frame it matches the torch blur to a level of 255
+    where the shrink factor divides the frame size, and it really blurs (the frame itself is far off)."""
+    frame = cv2.resize(carphone_frames[30], (1280, 720), interpolation=cv2.INTER_LINEAR)
+    bg = BlurBackground(radius)
+    device = bg.for_frame(torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0))[0]
+    expected = device.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().astype(int)
+    host = bg.picture(frame)
+    assert host.shape == frame.shape and host.dtype == np.uint8
+    diff = np.abs(host.astype(int) - expected)
+    assert diff.max() <= 1 and diff.mean() < 0.25
+    assert np.abs(host.astype(int) - frame).mean() > 0.5  # blurred, not the frame passed through
+
+
+def test_the_fast_stage_blurs_on_the_host(monkeypatch, carphone_frames):
+    """FastFullRes renders a blur background without the torch path (its full-size float copies cost a 720p
+    frame tens of ms): a blur that went through ``for_frame`` fails here."""
+    from rvm_live.engine.fullres import FastFullRes
+
+    def refuse(self, src):
+        raise AssertionError("the CPU fast stage took the device blur")
+
+    monkeypatch.setattr(BlurBackground, "for_frame", refuse)
+    frames = np.ascontiguousarray(carphone_frames[:1])
+    h, w = frames.shape[1:3]
+    a = np.zeros((1, 4, h // 4, w // 4), np.float32)  # alpha 0 everywhere: the picture is the background
+    out = FastFullRes()(frames, (a, a), parse_background("blur:8"))
+    np.testing.assert_array_equal(out.image[0], BlurBackground(8).picture(frames[0]))
+
+
 # --- specs and errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", ["nonsense", "blur:", "blur:x", "blur:0", "blur:9999", "#12345", ""])
