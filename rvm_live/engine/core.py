@@ -12,6 +12,8 @@ filter on the device (``Matte`` = fgr, pha, src tensors; render = one composite 
 (rvm_live/engine/fullres.py). The runtime (``torch`` or ``onnxruntime``) is another choice; one model (one
 onnxruntime session) serves every stream.
 
+On the CPU, ``bf16=True`` runs the torch network's low-resolution part in bfloat16 (the refiner, the
+compositing and the frames stay float32); measured in BENCHMARKS.md ("torch on the CPU ... fifth session").
 On CUDA the model runs in fp16 and channels_last; host frames go up through a reused pinned buffer on a
 dedicated stream, and each (B, H, W, ratio) gets a captured CUDA graph, replayed per call. Chunks along
 time (``infer_clip``, ``run_clip``) run eagerly, from and back into the same state.
@@ -19,6 +21,7 @@ time (``infer_clip``, ``run_clip``) run eagerly, from and back into the same sta
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -93,7 +96,7 @@ class Engine:
                  weights: str | Path | None = None, device: str | torch.device | None = None,
                  fp16: bool | None = None, runtime: str = "torch", fullres: str = "exact", compile: bool = False,
                  cuda_graphs: bool | None = None, channels_last: bool = True, always_refine: bool = False,
-                 offline: bool | None = None, threads: int | None = None) -> None:
+                 offline: bool | None = None, threads: int | None = None, bf16: bool = False) -> None:
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
         if runtime not in ENGINES:
@@ -102,6 +105,9 @@ class Engine:
             raise ValueError(f"fullres must be one of {', '.join(FULLRES)}, got {fullres!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(fp16, self.device)
+        if bf16 and (runtime != "torch" or self.device.type != "cpu"):
+            raise ValueError(f"bf16=True runs the torch runtime on the CPU, got runtime={runtime!r} on {self.device}")
+        self.bf16 = bool(bf16)
         self.runtime, self.fullres, self.always_refine = runtime, fullres, always_refine
         self.graphs: OrderedDict[tuple[int, int, int, float], GraphedStep] = OrderedDict()
         if fullres == "fast" and (self.device.type != "cpu" or cuda_graphs or compile):
@@ -165,6 +171,8 @@ class Engine:
             model = get_model(backbone, weights=weights, device=self.device, dtype=self.dtype, offline=offline)
         else:
             model = model.eval().to(device=self.device, dtype=self.dtype)
+        if self.bf16:  # a copy: the fp32 model is shared with other engines (get_model's cache)
+            model = copy.deepcopy(model).low_res_to(torch.bfloat16)
         if channels_last:
             # measured on CPU (BENCHMARKS.md) and the layout cuDNN's fp16 tensor-core kernels want
             model = model.to(memory_format=torch.channels_last)

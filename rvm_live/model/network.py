@@ -3,10 +3,15 @@
 Pure ``nn.Module``s: the four recurrent states go in and come out explicitly. ``src`` may be
 ``[B, C, H, W]`` (one frame per stream) or ``[B, T, C, H, W]`` (T frames per stream, state carried
 through them in order).
+
+The low-resolution part (everything before the refiner) may run in another dtype than the refiner
+(:meth:`MattingNetwork.low_res_to`): bfloat16 on CPUs with native bf16, where the refiner stays in float32
+because its box-filter variances (``E[x²] − E[x]²``) cancel catastrophically at bf16's 8-bit mantissa.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -41,6 +46,20 @@ class MattingNetwork(nn.Module):
         self.project_mat = Projection(16, 4)
         self.project_seg = Projection(16, 1)  # segmentation head: unused for matting, kept for strict loading
         self.refiner = DeepGuidedFilterRefiner()
+
+    @property
+    def low_res_dtype(self) -> torch.dtype:
+        """The dtype of the low-resolution part (and of the recurrent state)."""
+        return self.project_mat.conv.weight.dtype
+
+    def low_res_to(self, dtype: torch.dtype) -> MattingNetwork:
+        """Put the low-resolution part (encoder, LR-ASPP, decoder, projections) in ``dtype``, leaving the refiner
+        as it is; inputs and outputs keep the refiner's dtype (casts at the boundary). Returns ``self``."""
+        if not dtype.is_floating_point:
+            raise TypeError(f"low_res_to: a floating-point dtype, got {dtype}")
+        for part in (self.backbone, self.aspp, self.decoder, self.project_mat, self.project_seg):
+            part.to(dtype)
+        return self
 
     def forward(self, src: Tensor, r1: Tensor | None = None, r2: Tensor | None = None, r3: Tensor | None = None,
                 r4: Tensor | None = None, downsample_ratio: float = 1.0, always_refine: bool = False) -> MattingOutput:
@@ -84,8 +103,12 @@ class MattingNetwork(nn.Module):
     def _low_res(self, small: Tensor, rec: tuple[Tensor | None, ...],
                  steps: int) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
         """Encoder, LR-ASPP, recurrent decoder and projection at the internal size: the fgr residual, alpha,
-        the decoder's hidden features and the new recurrent state."""
-        f1, f2, f3, f4 = self.backbone(small)
-        hid, *rec_out = self.decoder(small, f1, f2, f3, self.aspp(f4), *rec, steps)
+        the decoder's hidden features (in ``small``'s dtype) and the new recurrent state (in the part's dtype)."""
+        dtype = self.low_res_dtype
+        low = small.to(dtype)  # no copy when the dtypes agree
+        f1, f2, f3, f4 = self.backbone(low)
+        hid, *rec_out = self.decoder(low, f1, f2, f3, self.aspp(f4), *rec, steps)
         fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
+        if dtype != small.dtype:
+            fgr_residual, pha, hid = fgr_residual.to(small.dtype), pha.to(small.dtype), hid.to(small.dtype)
         return fgr_residual, pha, hid, rec_out

@@ -111,3 +111,28 @@ def test_batched_graph_steps_equal_single_stream_graph_steps(frames):
         second = engine.infer([other], [alone[1]]).pha.float().clone()
         torch.testing.assert_close(together, torch.cat([first, second]), atol=1e-2, rtol=0)
     assert set(engine.graphs) == {(2, 144, 176, 0.5), (1, 144, 176, 0.5)}
+
+
+@pytest.mark.parametrize("fullres", ["exact", "fast"])
+def test_bf16_engine_renders_close_to_fp32_and_leaves_the_shared_model_fp32(frames, mobilenet, fullres):
+    from rvm_live.engine.core import Engine
+
+    bf16 = Engine(model=mobilenet, device="cpu", bf16=True, fullres=fullres)
+    fp32 = Engine(model=mobilenet, device="cpu", fullres=fullres)
+    assert bf16.model.low_res_dtype == torch.bfloat16 and mobilenet.low_res_dtype == torch.float32
+    states, plans = [bf16.new_state(0.5), fp32.new_state(0.5)], [bf16.plan("transparent"), fp32.plan("transparent")]
+    diffs = []
+    for frame in frames:
+        (low,), (ref,) = (e.render(e.infer([frame], [s]), [p]) for e, s, p in zip((bf16, fp32), states, plans))
+        assert low.image.shape == ref.image.shape == (144, 176, 4)
+        diffs.append(np.abs(low.image[..., 3].astype(np.int16) - ref.image[..., 3]).mean() / 255)
+    assert states[0].rec[0].dtype == torch.bfloat16 and states[1].rec[0].dtype == torch.float32
+    assert 0 < np.mean(diffs) < 0.02
+
+
+@pytest.mark.parametrize("kwargs", [{"runtime": "onnxruntime"}, {"runtime": "openvino-bf16", "fullres": "fast"}])
+def test_bf16_is_refused_outside_the_torch_runtime(kwargs):
+    from rvm_live.engine.core import Engine
+
+    with pytest.raises(ValueError, match="bf16=True runs the torch runtime on the CPU"):
+        Engine(device="cpu", bf16=True, **kwargs)
