@@ -38,6 +38,7 @@ from ..model.network import MattingNetwork
 from ..weights import BACKBONES
 from .fullres import FastFullRes
 from .graphs import GraphedStep, to_model_input
+from .heap import keep_freed_frames
 from .loading import get_model, resolve_device, resolve_dtype
 from .lowres import OrtCoefficients, downsample
 from .ort import OrtMattingNetwork, official_export
@@ -121,6 +122,8 @@ class Engine:
             self._load_export(backbone, model, weights, offline, threads, cuda_graphs=cuda_graphs, compile=compile)
         else:
             self._load_torch(backbone, model, weights, offline, channels_last=channels_last, compile=compile)
+            if self.device.type == "cpu":
+                keep_freed_frames()
             if cuda_graphs and not on_cuda:
                 raise ValueError(f"cuda_graphs=True needs a CUDA device, got {self.device}")
         self.cuda_graphs = self._network is not None and runtime == "torch" and (
