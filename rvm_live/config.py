@@ -48,8 +48,9 @@ class Config:
     offline: bool = False
     device: str = "auto"
     fp16: bool | None = None  # None: on for CUDA, off elsewhere
+    bf16: bool = False  # CPU, torch runtime: the network's low-resolution part in bfloat16 (engine/core.py)
     downsample: str | float = "auto"
-    engine: str = "auto"  # auto | torch | onnxruntime (CPU, MobileNetV3, the official ONNX export)
+    engine: str = "auto"  # auto | torch | onnxruntime | openvino[-bf16|-int8] (CPU: see engine/loading.py)
     compile: bool = False  # torch.compile the network (slow first start; cached afterwards)
     chunk: int = 0  # frames per network call along time for file jobs; 0: 4 on CUDA (torch engine), else 1
     quality: str = "auto"  # auto: live streams adapt the ratio to hold the source's rate (governor.py); fixed
@@ -213,8 +214,8 @@ _RULES: dict[str, Rule] = {
     "source": _text(), "width": _optional(_int(1, MAX_SIDE)), "height": _optional(_int(1, MAX_SIDE)),
     "fps": _optional(_number(*FPS_LIMITS)), "fourcc": _optional(_fourcc), "loop": _bool,
     "realtime": _bool, "backbone": _choice(*BACKBONES), "weights": _optional(_text()), "offline": _bool,
-    "device": _text(64), "fp16": _optional(_bool), "downsample": _ratio, "engine": _choice("auto", *ENGINES),
-    "compile": _bool, "chunk": _int(0, 16), "bg": _text(), "bg_fallback": _colour,
+    "device": _text(64), "fp16": _optional(_bool), "bf16": _bool, "downsample": _ratio,
+    "engine": _choice("auto", *ENGINES), "compile": _bool, "chunk": _int(0, 16), "bg": _text(), "bg_fallback": _colour,
     "bg_max_megapixels": _number(0, 1000, lo_open=True), "mask_threshold": _optional(_number(0, 1, hi_open=True)),
     "mirror": _bool, "side_by_side": _bool, "outputs": _outputs, "vcam_device": _optional(_text()),
     "encoder": _text(64), "crf": _int(0, 63), "bitrate": _optional(_int(1, 10**10)), "queue_size": _int(1, 8),

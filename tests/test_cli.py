@@ -60,6 +60,24 @@ def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
     assert proc.returncode == 0 and "(torch runtime" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
+def test_bf16_runs_the_torch_file_job_in_bf16_and_is_refused_where_it_cannot_apply(tmp_path):
+    """``--bf16`` reaches the engine: the file job's frames differ from fp32's (a few levels, not a different
+    picture), the log says so; a live CPU source (OpenVINO) refuses it in one line before the model loads."""
+    outs = {}
+    for flags in ([], ["--bf16"]):
+        out = tmp_path / f"out{len(flags)}.mkv"
+        proc = run_cli("--source", "demo", "-o", str(out), "--max-frames", "6", "--crf", "0", *flags, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert ("bf16 low-resolution part" in proc.stderr) == bool(flags), proc.stderr
+        outs[bool(flags)] = np.stack(decode_file(out)).astype(int)
+    diff = np.abs(outs[True] - outs[False])
+    assert 0 < diff.mean() < 3
+    proc = run_cli("--source", "demo", "--realtime", "-o", "null", "--bf16", "--max-frames", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("rvm-live: error: bf16: runs the torch engine on the CPU")
+
+
 @pytest.mark.parametrize(("args", "culprit", "code"), [
     (["--bogus-flag"], "--bogus-flag", 2),
     (["--bg", "notacolour", "-o", "x.mp4"], "notacolour", 2),

@@ -31,8 +31,11 @@ def build_engine(config: Config, *, live: bool = False) -> Engine:
         raise ConfigError(f"fullres: 'fast' runs on the CPU; use fullres = 'exact' on {device}")
     runtime = pick_engine(config.engine, backbone=config.backbone, weights=config.weights, device=device,
                            live=live)
+    if config.bf16 and (runtime != "torch" or device.type != "cpu"):
+        raise ConfigError(f"bf16: runs the torch engine on the CPU, not {runtime} on {device} (OpenVINO's bf16 is "
+                          "--engine openvino-bf16; on CUDA use --fp16)")
     engine = Engine(config.backbone, weights=config.weights, device=device, fp16=config.fp16, runtime=runtime,
-                    fullres=fullres, compile=config.compile, offline=config.offline or None)
-    log.info("inference: %s on %s (%s runtime, %s full-resolution stage)", config.backbone, engine.device,
-             engine.runtime, fullres)
+                    fullres=fullres, compile=config.compile, offline=config.offline or None, bf16=config.bf16)
+    log.info("inference: %s on %s (%s runtime%s, %s full-resolution stage)", config.backbone, engine.device,
+             engine.runtime, ", bf16 low-resolution part" if config.bf16 else "", fullres)
     return engine
