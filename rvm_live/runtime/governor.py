@@ -6,7 +6,8 @@ the stage measures lateness, the element that can lower quality decides). It ste
 cannot keep up, or when frames would wait longer than the latency budget (several rungs at once when far
 over, so a slow machine settles seconds after the start, not a rung per dwell later); it steps up only
 with clear headroom at the rung above, one rung at a time, and it changes at most once per ``dwell_s``
-(longer before stepping up), so quality never flickers. The ladder is of internal long sides in pixels, so
+(longer before stepping up), so quality never flickers; a climb is a trial, undone within a few frames if the
+rung above turns out too slow. The ladder is of internal long sides in pixels, so
 it means the same at any frame size; the top rung is RVM's own recommendation for that size.
 """
 
@@ -226,8 +227,10 @@ class Governor:
         previous = self.ratio
         self.rung += delta
         self._since, self._skip, self._measured = now, WARMUP_STEPS, 0
-        # a calibrated start (now None: before the first frame) still gets the quick first decision
-        self._calibrating = now is None
+        # the quick first decision (after CALIBRATION_STEPS, not a whole dwell) for a calibrated start (now None:
+        # before the first frame) and for a climb: a rung above that turns out too slow (the prediction missed,
+        # or load came back) is left in a third of a second, not after seconds of frames piling up
+        self._calibrating = now is None or delta < 0
         self._remembered = False
         decision = QualityChanged(self.stream_id, self.ratio, previous, self.mean_ms or 0.0, reason)
         self.mean_ms = None

@@ -161,6 +161,23 @@ def test_a_calibrated_start_skips_the_slow_first_second_and_still_corrects_itsel
     assert Governor(ratios, interval_ms=1000 / 30).calibrate({0: 20.0, 6: 10.0}) is None  # fits at the top
 
 
+def test_a_climb_that_does_not_fit_is_undone_within_a_few_frames():
+    """The rung above costs more than pixel-count scaling predicts (load came back, or the network is not
+    proportional there): the climb is a trial, left after the warm-up and three measured frames, not after a
+    whole dwell of frames piling up; and not retried while that measurement is fresh."""
+
+    class Step(SlowEngine):
+        def step_ms(self, ratio: float) -> float:
+            return 40.0 if ratio > 0.47 else 20.0  # 0.45 → 20 ms, so 0.5 is predicted at 24.7 ms: it is 40
+
+    gov = Governor([0.5, 0.45], interval_ms=1000 / 30, start=1)
+    _, changes = drive(gov, Step(0, 0), 25.0)
+    assert [d.ratio for _, d in changes] == [0.5, 0.45]  # up once, back once, no second try within MEMORY_S
+    (climbed, _), (left, _) = changes
+    assert left - climbed < 0.4  # 5 warm-up + 3 measured frames at 30 fps, not the 2 s dwell
+    assert gov.ratio == 0.45
+
+
 def test_governor_keeps_a_fast_stream_at_the_top():
     gov = Governor(ladder_ratios(360, 640, 1.0), interval_ms=1000 / 30)
     _, decisions = drive(gov, SlowEngine(fixed_ms=3.0, per_ratio2_ms=10.0), 30.0)
