@@ -191,6 +191,12 @@ class Engine:
         a, b, *rec = self.model.coefficients(x, *rec)
         return a.contiguous().numpy(), b.contiguous().numpy(), rec
 
+    @property
+    def settling(self) -> bool:
+        """Whether the engine is still preparing for a shape it has just seen (OpenVINO compiling its static model
+        on a background thread): frame times now are not what that shape will cost, so the governor skips them."""
+        return bool(getattr(self._coefficients, "compiling", False))
+
     def new_state(self, ratio: float | str | None = "auto") -> StreamState:
         """A fresh stream state (``"auto"``: RVM's recommended ratio for whatever frame size comes)."""
         return StreamState(ratio)

@@ -120,6 +120,13 @@ class OpenVinoCoefficients:
         a, b, *rec = (request.get_output_tensor(i).data.copy() for i in range(6))
         return a, b, rec
 
+    @property
+    def compiling(self) -> bool:
+        """Whether a static model is being compiled (or loaded from the cache): until it is ready its shape runs on
+        the slower dynamic model, and the compile takes CPU from the frames, so their times are not steady ones."""
+        with self._lock:
+            return bool(self._pending)
+
     def _compile_later(self, key: tuple) -> None:
         with self._lock:
             if key in self._pending or len(self._static) >= MAX_STATIC:

@@ -33,6 +33,7 @@ QUALITY_FLOOR_PX = 256
 MIN_INTERNAL_PX = 32
 EWMA = 0.25  # weight of the newest step time in the running mean
 WARMUP_STEPS = 5  # first steps after a change: caches and allocators settle, not counted
+SETTLING_MAX_S = 3.0  # an engine that says it is still settling after this long is measured anyway
 CALIBRATION_STEPS = 3  # a fresh governor's first decision: after this many measured steps, not a whole dwell
 MEMORY_S = 30.0  # how long a rung's measured time is trusted (load from other programs comes and goes)
 SETTLED_S = 10.0  # a rung held this long is remembered for the next start of the same kind of stream
@@ -163,12 +164,13 @@ class Governor:
     def ratio(self) -> float:
         return self.ratios[self.rung]
 
-    def observe(self, step_ms: float, now: float) -> QualityChanged | QualityFloor | None:
-        """Account one frame's inference time; maybe change rung (up: one at a time)."""
+    def observe(self, step_ms: float, now: float, *, settling: bool = False) -> QualityChanged | QualityFloor | None:
+        """Account one frame's inference time; maybe change rung (up: one at a time). ``settling``: the engine is
+        still preparing for this rung (a compile on another thread), so the time is skipped like a warm-up step."""
         if self._since is None:
             self._since = now
-        if self._skip > 0:
-            self._skip -= 1
+        if self._skip > 0 or (settling and now - self._since < SETTLING_MAX_S):
+            self._skip = max(0, self._skip - 1)
             return None
         self.mean_ms = step_ms if self.mean_ms is None else (1 - EWMA) * self.mean_ms + EWMA * step_ms
         self._measured += 1

@@ -211,7 +211,7 @@ class InferenceStage:
         change goes on the bus (the session counts it, the daemon logs it)."""
         if not session.governed:
             return
-        event = self._governor(session, image).observe(step_ms, time.monotonic())
+        event = self._governor(session, image).observe(step_ms, time.monotonic(), settling=self.engine.settling)
         if isinstance(event, QualityChanged):
             session.state.set_ratio(event.ratio)
         if event is not None:

@@ -53,6 +53,31 @@ def test_a_new_size_is_served_at_once_and_the_state_carries_over(official_onnx_p
         assert a1.shape == a2.shape and np.abs(a1 - a2).max() < 1e-3
 
 
+def test_the_engine_says_it_is_settling_while_a_static_model_compiles(official_onnx_path, frames360, monkeypatch):
+    """``compiling`` (and ``Engine.settling``, which the governor reads) is true from a new steady shape's first
+    call until its static model is ready, and false otherwise: the compile is held on an event, not timed."""
+    import threading
+
+    from rvm_live.engine.core import Engine
+
+    engine = Engine(runtime="openvino", fullres="fast", threads=2)
+    runner = engine._coefficients
+    release, real = threading.Event(), runner._compile
+
+    def held(key):
+        assert release.wait(60)
+        real(key)
+
+    monkeypatch.setattr(runner, "_compile", held)
+    state = engine.new_state(0.4)
+    engine.infer([frames360[0]], [state])  # a fresh stream's first frame: the dynamic model, nothing to compile
+    assert not runner.compiling and not engine.settling
+    engine.infer([frames360[1]], [state])  # the steady shape: its static model is compiled on another thread
+    assert runner.compiling and engine.settling
+    release.set()
+    assert runner.wait_compiled(60) and not engine.settling and runner._static
+
+
 def test_refuses_a_bad_precision(official_onnx_path):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, int8, got 'int4'"):
         OpenVinoCoefficients(official_onnx_path, precision="int4")

@@ -178,6 +178,22 @@ def test_a_climb_that_does_not_fit_is_undone_within_a_few_frames():
     assert gov.ratio == 0.45
 
 
+def test_frames_while_the_engine_settles_are_not_measured_but_not_for_ever():
+    """A new rung's first frames run while the engine compiles for it (slow, and the compile takes CPU): a trial
+    climb is judged on what the rung costs once ready, not on those; an engine that never stops settling is
+    measured anyway after SETTLING_MAX_S."""
+    gov = Governor([0.5, 0.45], interval_ms=1000 / 30, start=1)
+    t, _ = drive(gov, SlowEngine(0, 80.0), 5.5)  # 0.45 → 16 ms: climbs to 0.5 (20 ms) at 5 s
+    assert gov.ratio == 0.5
+    for i in range(30):  # one second of 60 ms frames while the engine compiles: skipped
+        assert gov.observe(60.0, t + i / 30, settling=True) is None
+    t, changes = drive(gov, SlowEngine(0, 80.0), 10.0, t0=t + 1)  # ready: 20 ms, it stays
+    assert changes == [] and gov.ratio == 0.5
+    stuck = Governor([0.5, 0.45], interval_ms=1000 / 30)
+    events = [stuck.observe(60.0, i / 30, settling=True) for i in range(150)]  # settling for 5 s: too long
+    assert any(isinstance(e, QualityChanged) for e in events) and stuck.ratio == 0.45
+
+
 def test_governor_keeps_a_fast_stream_at_the_top():
     gov = Governor(ladder_ratios(360, 640, 1.0), interval_ms=1000 / 30)
     _, decisions = drive(gov, SlowEngine(fixed_ms=3.0, per_ratio2_ms=10.0), 30.0)
