@@ -231,13 +231,14 @@ class InferenceStage:
             ladder_ratios(height, width, top), interval_ms=1000 / session.fps,
             budget_ms=session.config.latency_budget, size=(height, width), stream_id=session.id,
             memory=self._rung_memory, memory_key=key)
+        event = None
         if not governor.recalled and len(governor.ratios) > 1:
             event = governor.calibrate(self._calibration(image, governor.ratios))
-            if event is not None:
-                self.bus.post(event)
         session.state.prepare(height, width)  # as the network call would: a new size starts a fresh state
         if governor.ratio != session.state.ratio:  # a remembered or calibrated rung: start there, not at the top
             session.state.set_ratio(governor.ratio)
+        if event is not None:  # said once the state runs at it (stats never show the change without the ratio)
+            self.bus.post(event)
         return governor
 
     def _calibration(self, image: np.ndarray, ratios: list[float]) -> dict[int, float]:

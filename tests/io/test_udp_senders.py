@@ -71,9 +71,11 @@ def test_a_stalled_reader_gets_fresh_frames_not_the_backlog():
             open_when_up(source)
             for _ in range(15):
                 last = counter_of(source.read())
-            time.sleep(3.0)  # the capture thread stalls (a slow machine, a GC pause): 90 frames pile up
-            first_after = counter_of(source.read())
-        assert first_after >= last + 45, (last, first_after)  # not the frame after `last`: a stale one
+            time.sleep(3.0)  # the capture thread stalls (a slow machine, a GC pause): 180 frames pile up
+            after = [counter_of(source.read()) for _ in range(5)]
+        # a backlog would hand over last+1, last+2, ...; fresh frames are far ahead. (One frame decoded across the
+        # dropped ones may carry a colour that is no counter at all on a loaded machine, so five are read.)
+        assert max(after) >= last + 45 and not all(last < c < last + 45 for c in after), (last, after)
         assert source.stale_frames >= 30
     finally:
         source.close()

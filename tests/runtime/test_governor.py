@@ -303,7 +303,8 @@ def test_a_slow_engine_makes_a_live_stream_lower_its_ratio(tmp_path, carphone_fr
     try:
         with ControlServer(daemon) as server:
             deadline = time.monotonic() + 60
-            while daemon.stats()["quality_changes"] < 1 and time.monotonic() < deadline:
+            # the calibrated start is posted before the first frame is matted: wait for a frame at the new rung
+            while (daemon.stats()["quality_changes"] < 1 or not sink.frames) and time.monotonic() < deadline:
                 time.sleep(0.1)
             stats = daemon.stats()
             metrics = urllib.request.urlopen("http://{}:{}/metrics".format(*server.address), timeout=10).read()
