@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "average; off by default: file jobs keep the official model's fp32 result)")
     inf.add_argument("--downsample", type=_ratio, metavar="auto|R", help="internal resolution ratio, 0 < R <= 1")
     inf.add_argument("--engine", choices=("auto", *ENGINES),
-                     help="auto (default, the fastest measured: for live sources on the CPU with MobileNetV3, "
-                          "openvino-bf16 where the CPU has native bf16, else onnxruntime; torch for file jobs and "
-                          "elsewhere), or one by name")
+                     help="auto (default, the fastest measured: on the CPU with MobileNetV3, live sources "
+                          "openvino-bf16 where the CPU has native bf16, else onnxruntime, and file jobs openvino "
+                          "(fp32); torch elsewhere and with --bf16), or one by name")
     inf.add_argument("--quality", choices=("auto", "fixed"),
                      help="live sources: auto (default) lowers/raises the internal resolution to hold the source's "
                           "frame rate; fixed keeps --downsample. File jobs never change quality")

@@ -55,25 +55,32 @@ def test_summary_counts_add_up():
 
 
 @pytest.mark.slow
-def test_auto_engine_runs_torch_for_a_file_job(tmp_path):
+def test_auto_engine_runs_openvino_fp32_on_the_fast_stage_for_a_file_job(tmp_path):
+    """A file job on the CPU runs OpenVINO in fp32 with the fast stage (the measured fastest at the official
+    model's fp32 result); ``--bf16`` (a torch precision) makes auto pick torch."""
     proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "3", cwd=tmp_path)
-    assert proc.returncode == 0 and "(torch runtime" in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "(openvino runtime, fast full-resolution stage)" in proc.stderr, proc.stderr
+    proc = run_cli("--source", "demo", "-o", "null", "--max-frames", "3", "--bf16", cwd=tmp_path)
+    assert proc.returncode == 0 and "(torch runtime, bf16 low-resolution part, exact" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
 def test_bf16_runs_the_torch_file_job_in_bf16_and_is_refused_where_it_cannot_apply(tmp_path):
     """``--bf16`` reaches the engine: the file job's frames differ from fp32's (a few levels, not a different
-    picture), the log says so; a live CPU source (OpenVINO) refuses it in one line before the model loads."""
+    picture), the log says so; another engine named with it is refused in one line before the model loads."""
     outs = {}
     for flags in ([], ["--bf16"]):
         out = tmp_path / f"out{len(flags)}.mkv"
-        proc = run_cli("--source", "demo", "-o", str(out), "--max-frames", "6", "--crf", "0", *flags, cwd=tmp_path)
+        proc = run_cli("--source", "demo", "-o", str(out), "--max-frames", "6", "--crf", "0", "--engine", "torch",
+                       *flags, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert ("bf16 low-resolution part" in proc.stderr) == bool(flags), proc.stderr
         outs[bool(flags)] = np.stack(decode_file(out)).astype(int)
     diff = np.abs(outs[True] - outs[False])
     assert 0 < diff.mean() < 3
-    proc = run_cli("--source", "demo", "--realtime", "-o", "null", "--bf16", "--max-frames", "2", cwd=tmp_path)
+    proc = run_cli("--source", "demo", "--realtime", "-o", "null", "--engine", "openvino", "--bf16", "--max-frames",
+                   "2", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("rvm-live: error: bf16: runs the torch engine on the CPU")
 

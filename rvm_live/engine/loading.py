@@ -38,19 +38,21 @@ def resolve_dtype(fp16: bool | None, device: torch.device) -> torch.dtype:
 
 def pick_engine(engine: str, *, backbone: str, device: torch.device, weights: str | Path | None = None,
                 live: bool = True) -> str:
-    """Resolve ``"auto"`` by measurement (BENCHMARKS.md, "Which engine auto picks" and "A faster CPU network").
-    Live sources on the CPU (MobileNetV3, the official export or an .onnx file) run the fast full-resolution
-    path's network half: OpenVINO in bf16 where the CPU has native bf16 (about 2x onnxruntime at the same
-    matting quality on the benchmark), else onnxruntime. File jobs (``live=False``) run torch: the export's
-    exact path ran 2-4x slower than torch's, interleaved. CUDA and ResNet50 run torch."""
+    """Resolve ``"auto"`` by measurement (BENCHMARKS.md, "Which engine auto picks", "A faster CPU network" and
+    "File jobs on OpenVINO"). MobileNetV3 on the CPU (the official export or an .onnx file) runs OpenVINO:
+    live sources in bf16 where the CPU has native bf16 (about 2x onnxruntime at the same matting quality on the
+    benchmark), else onnxruntime; file jobs in fp32 with the fast full-resolution stage (1.3-1.7x torch's exact
+    path a frame, the same fp32 result to 1e-4), else torch. CUDA and ResNet50 run torch."""
     if engine != "auto":
         return engine
-    if device.type != "cpu" or backbone != "mobilenetv3" or not live:
+    if device.type != "cpu" or backbone != "mobilenetv3":
         return "torch"
     if weights is not None and Path(weights).suffix != ".onnx":
         return "torch"
     from .openvino import available, supports_bf16
 
+    if not live:
+        return "openvino" if available() else "torch"
     if available() and supports_bf16():
         return "openvino-bf16"
     try:

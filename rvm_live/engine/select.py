@@ -29,8 +29,11 @@ def build_engine(config: Config, *, live: bool = False) -> Engine:
     device = resolve_device("cpu" if fullres == "fast" and config.device == "auto" else config.device)
     if fullres == "fast" and device.type != "cpu":
         raise ConfigError(f"fullres: 'fast' runs on the CPU; use fullres = 'exact' on {device}")
-    runtime = pick_engine(config.engine, backbone=config.backbone, weights=config.weights, device=device,
-                           live=live)
+    # --bf16 is the torch engine's precision: with auto it picks torch
+    choice = "torch" if config.bf16 and config.engine == "auto" else config.engine
+    runtime = pick_engine(choice, backbone=config.backbone, weights=config.weights, device=device, live=live)
+    if config.fullres == "auto" and runtime.startswith("openvino"):
+        fullres = "fast"  # OpenVINO runs the network to the coefficients: the fast stage (fp32: exact's result)
     if config.bf16 and (runtime != "torch" or device.type != "cpu"):
         raise ConfigError(f"bf16: runs the torch engine on the CPU, not {runtime} on {device} (OpenVINO's bf16 is "
                           "--engine openvino-bf16; on CUDA use --fp16)")

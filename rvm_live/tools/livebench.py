@@ -135,8 +135,9 @@ def reference_alphas(frames: list[np.ndarray], *, threads: int | None) -> list[n
     if threads:
         torch.set_num_threads(threads)
     # the exact path's runtime: what auto picks for a file job on the CPU (it runs every frame, in order)
-    engine = Engine("mobilenetv3", device="cpu",
-                    runtime=pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"), live=False))
+    runtime = pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"), live=False)
+    engine = Engine("mobilenetv3", device="cpu", runtime=runtime,
+                    fullres="fast" if runtime.startswith("openvino") else "exact")
     state, plans = engine.new_state(), [RenderPlan(parse_background("green"))]
     return [engine.render(engine.infer([frame], [state]), plans)[0].alpha.copy() for frame in frames]
 

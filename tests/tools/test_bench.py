@@ -60,13 +60,14 @@ def test_main_prints_json_with_skipped_sections(capsys):
 def test_report_names_the_engines_auto_picks_and_the_load(report):
     auto = report["settings"]["auto_engine"]
     # live CPU sources: the export's network half (OpenVINO bf16 where the CPU has it, else onnxruntime)
-    assert auto["live"] in ENGINES and auto["live"] != "torch" and auto["file"] == "torch"
+    # file jobs: OpenVINO in fp32 on the fast stage (the openvino package is a base dependency)
+    assert auto["live"] in ENGINES and auto["live"] != "torch" and auto["file"] == "openvino"
     assert auto["live"] == pick_engine("auto", backbone="mobilenetv3", device=torch.device("cpu"))
-    assert report["end_to_end"]["engine"] == "torch"  # a file job
+    assert report["end_to_end"]["engine"] == "openvino"  # a file job
     assert set(report["load"]) == {"before", "after", "cores", "busy"}
     text = bench.format_report(report)
-    assert f"--engine auto picks {auto['live']} for live sources and torch for file jobs" in text
-    assert "end-to-end (torch)" in text and "can exceed the model's" in text
+    assert f"--engine auto picks {auto['live']} for live sources and openvino for file jobs" in text
+    assert "end-to-end (openvino)" in text and "can exceed the model's" in text
 
 
 def test_a_busy_machine_is_warned_about():
