@@ -32,7 +32,7 @@ def recipe_steps(simulate: bool) -> list[list[str]]:
 
 def recipe_env() -> dict[str, str]:
     """The shared settings of scripts/gpu_recipe.env."""
-    text = (ROOT / "scripts" / "gpu_recipe.env").read_text()
+    text = (ROOT / "scripts" / "gpu_recipe.env").read_text(encoding="utf-8")
     pairs = (shlex.split(line)[0].split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     return dict(pairs)
 
@@ -67,7 +67,7 @@ def _check_pytest(args: list[str]) -> None:
     """The GPU step runs exactly the files that hold GPU-marked tests, with ``-m gpu``."""
     files = [a for a in args if a.endswith(".py")]
     assert args[args.index("-m") + 1] == "gpu", f"pytest should select -m gpu: {args}"
-    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if GPU_MARK in p.read_text())
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if GPU_MARK in p.read_text(encoding="utf-8"))
     assert files == marked, f"pytest runs {files}, the GPU-marked tests are in {marked}"
 
 
@@ -205,7 +205,7 @@ def test_the_simulated_run_completes_every_step(tmp_path):
            "GPU_RUN_WORK": str(tmp_path / "work"), "GPU_RUN_CACHE": str(cache_dir()), "GPU_RUN_STEPS": ""}
     subprocess.run(["bash", str(RUN)], env=env, cwd=ROOT, check=True, timeout=1200, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs.tar.gz", "results.json", "steps.txt"]
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    report = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     failed = [line for line in report["steps"] if " rc=0 " not in line and not line.startswith("nvidia_smi")]
     assert not failed, failed
     results = report["results"]
