@@ -133,6 +133,7 @@ class BlurBackground(Background):
             raise ValueError(f"blur radius {radius!r}: expected 0 < radius <= {MAX_BLUR_RADIUS:g}")
         self.radius = float(radius)
         self._kernels: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self._host_taps: dict[int, np.ndarray] = {}  # picture()'s taps per shrink factor
 
     def _factor(self, h: int, w: int) -> int:
         # Work at 1/factor size so the kernel stays ~<= 25 taps (a blurred picture loses nothing by it),
@@ -163,7 +164,10 @@ class BlurBackground(Background):
         factor = self._factor(h, w)
         small = frame if factor == 1 else cv2.resize(frame, (-(-w // factor), -(-h // factor)),
                                                      interpolation=cv2.INTER_AREA)
-        taps = _gaussian_kernel(self.radius / 3 / factor, torch.device("cpu"), torch.float32).numpy()
+        taps = self._host_taps.get(factor)
+        if taps is None:  # per shrink factor, as the device kernels: not rebuilt every frame
+            taps = self._host_taps[factor] = _gaussian_kernel(self.radius / 3 / factor, torch.device("cpu"),
+                                                              torch.float32).numpy()
         small = cv2.sepFilter2D(small, -1, taps, taps, borderType=cv2.BORDER_REPLICATE)  # uint8 out, rounded
         return small if factor == 1 else cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
